@@ -29,8 +29,9 @@ class TinyModelConfig:
 
     hidden_size: int = 64
     num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
+    num_heads: int = 1
+    num_kv_heads: int = 1
+    """head_dim = hidden_size / num_heads must be one vLLM's CPU attention supports (64 is safe)."""
     intermediate_size: int = 256
     max_position_embeddings: int = 2048
 

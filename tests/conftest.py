@@ -1,0 +1,48 @@
+"""Shared fixtures: offline model folders (built once per machine, cached) and free ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> str:
+    from ixt_stream import models
+    from ixt_stream.config import ModelConfig
+
+    return models.resolve(ModelConfig())
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> str:
+    from ixt_stream import models
+    from ixt_stream.config import ModelConfig
+
+    return models.resolve(ModelConfig(name="tiny"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(smollm2_dir):
+    from ixt_stream import models
+
+    return models.load_tokenizer(smollm2_dir)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()
