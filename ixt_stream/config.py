@@ -314,6 +314,6 @@ def load(overrides: list[str] | None = None, config_dir: str | None = None) -> I
         with initialize_config_dir(config_dir=str(config_dir or CONFIG_DIR), version_base="1.3"):
             node = compose(config_name="ixt", overrides=list(overrides or []))
         cfg = OmegaConf.to_object(node)
-    except (HydraException, OmegaConfBaseException) as e:
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
         raise ConfigError(str(e)) from e
     return validate(cfg)

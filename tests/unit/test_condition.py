@@ -1,0 +1,98 @@
+"""The IXT format: token-exact loss masks with the real SmolLM2 tokenizer."""
+
+from __future__ import annotations
+
+import pytest
+
+from ixt_stream.condition import Conditioner, feedback_text
+from ixt_stream.types import Critique, Label, Sample
+
+CHAT = Sample("s1", prompt="What is 3 + 4?", response="3 + 4 = 7. <answer>7</answer>", task="basic_arithmetic")
+DOC = Sample("d1", prompt="", response="The mitochondria is the powerhouse of the cell.")
+CRIT = Critique("s1", critique="The value is correct and the answer is tagged.", score=1.0, label=Label.GOOD)
+
+
+def _ids(tok, text):
+    return tok.encode(text, add_special_tokens=False)
+
+
+def test_chat_mask_covers_exactly_the_response(tokenizer):
+    cond = Conditioner(tokenizer)
+    out = cond.condition(CHAT, CRIT)
+    response_ids = _ids(tokenizer, CHAT.response) + _ids(tokenizer, "<|im_end|>")
+    n_ctx = len(out.input_ids) - len(response_ids)
+    # every response token (and the closing <|im_end|>) is trained on ...
+    assert out.input_ids[n_ctx:] == response_ids
+    assert out.loss_mask[n_ctx:] == [1] * len(response_ids)
+    # ... and no feedback or prompt token is
+    assert out.loss_mask[:n_ctx] == [0] * n_ctx
+    assert out.num_loss_tokens == len(response_ids)
+    # the context is exactly feedback + prompt, and decodes back to the text it came from
+    feedback = out.input_ids[: out.num_feedback_tokens]
+    assert tokenizer.decode(feedback).startswith("<|im_start|>system\nFeedback on the answer below. Quality: good.")
+    assert "The value is correct" in tokenizer.decode(feedback)
+    assert out.input_ids[out.num_feedback_tokens:n_ctx] == cond.prompt_ids(CHAT.prompt)
+
+
+def test_document_mask_covers_the_whole_document(tokenizer):
+    out = Conditioner(tokenizer).condition(DOC, Critique("d1", "Accurate and clear.", 0.9, Label.GOOD))
+    doc_ids = _ids(tokenizer, DOC.response) + [tokenizer.eos_token_id]
+    assert out.input_ids[-len(doc_ids):] == doc_ids
+    assert out.loss_mask == [0] * out.num_feedback_tokens + [1] * len(doc_ids)
+    assert "<|im_start|>" not in tokenizer.decode(out.input_ids)
+
+
+def test_baseline_mode_has_no_feedback(tokenizer):
+    cond = Conditioner(tokenizer, mode="none")
+    out = cond.condition(CHAT, CRIT)
+    assert out.num_feedback_tokens == 0
+    assert out.input_ids[: len(cond.prompt_ids(CHAT.prompt))] == cond.prompt_ids(CHAT.prompt)
+    assert cond.inference_ids(CHAT.prompt, "positive") == cond.prompt_ids(CHAT.prompt)
+
+
+def test_label_mode_is_a_quality_token_without_critique(tokenizer):
+    out = Conditioner(tokenizer, mode="label").condition(CHAT, CRIT)
+    text = tokenizer.decode(out.input_ids[: out.num_feedback_tokens])
+    assert "Quality: good." in text and "Critique" not in text
+
+
+def test_feedback_dropout_fraction(tokenizer):
+    cond = Conditioner(tokenizer, feedback_dropout=0.3, seed=1)
+    dropped = sum(cond.condition(CHAT, CRIT).num_feedback_tokens == 0 for _ in range(1000))
+    assert 240 < dropped < 360
+
+
+def test_long_critique_is_cut_to_budget_and_still_closed(tokenizer):
+    cond = Conditioner(tokenizer, max_feedback_tokens=24)
+    long = Critique("s1", critique="very " * 500, score=0.0, label=Label.BAD)
+    out = cond.condition(CHAT, long)
+    assert out.num_feedback_tokens == 24
+    assert out.input_ids[out.num_feedback_tokens - 2: out.num_feedback_tokens] == _ids(tokenizer, "<|im_end|>\n")
+
+
+def test_max_seq_len_cuts_the_response_tail_not_the_prefix(tokenizer):
+    cond = Conditioner(tokenizer, max_seq_len=60)
+    long = Sample("s2", prompt="Q?", response="word " * 200)
+    out = cond.condition(long, CRIT)
+    assert len(out.input_ids) == 60
+    assert out.loss_mask[-1] == 1 and sum(out.loss_mask) == 60 - out.loss_mask.index(1)
+    with pytest.raises(ValueError, match="no room"):
+        Conditioner(tokenizer, max_seq_len=10).condition(long, CRIT)
+
+
+def test_inference_prefix_is_the_training_prefix(tokenizer):
+    """The positive condition at inference is token-identical to a GOOD training prefix."""
+    cond = Conditioner(tokenizer, positive_critique="All correct.")
+    good = cond.condition(CHAT, Critique("s1", "All correct.", 1.0, Label.GOOD))
+    n_ctx = good.loss_mask.index(1)
+    assert cond.inference_ids(CHAT.prompt, "positive") == good.input_ids[:n_ctx]
+    neg = cond.inference_ids(CHAT.prompt, "negative")
+    assert "Quality: bad." in tokenizer.decode(neg)
+    assert cond.inference_ids(CHAT.prompt, "none") == cond.prompt_ids(CHAT.prompt)
+    with pytest.raises(ValueError):
+        cond.inference_ids(CHAT.prompt, "sideways")
+
+
+def test_feedback_text_modes():
+    assert feedback_text(Label.MIXED, "close", "label") == "Feedback on the answer below. Quality: mixed."
+    assert feedback_text(Label.BAD, " wrong ", "critique").endswith("Critique: wrong")
