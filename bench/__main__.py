@@ -1,0 +1,41 @@
+"""`python -m bench [--quick] [--only a,b]`: run benchmarks, write JSON + SUMMARY.md."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+
+from bench import report
+
+BENCHMARKS = ["transport"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench")
+    ap.add_argument("--quick", action="store_true", help="small sizes: minutes on a 2-core CPU")
+    ap.add_argument("--only", default="", help="comma-separated benchmark names")
+    args = ap.parse_args(argv)
+    names = [n for n in args.only.split(",") if n] or BENCHMARKS
+    paths, failed = [], []
+    for name in names:
+        print(f"== bench {name}{' (quick)' if args.quick else ''}", flush=True)
+        try:
+            result = importlib.import_module(f"bench.{name}").run(quick=args.quick)
+        except Exception:  # one broken benchmark must not hide the others' results
+            traceback.print_exc()
+            failed.append(name)
+            continue
+        paths.append(report.write(result))
+    all_paths = sorted(report.RESULTS.glob("*.json"))
+    text = report.summary(all_paths)
+    (report.RESULTS / "SUMMARY.md").write_text(text)
+    print(text)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
