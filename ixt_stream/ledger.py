@@ -1,0 +1,136 @@
+"""The durable sample ledger: every sample id's life, shared by all roles of a run.
+
+    generated (weight version) -> critiqued -> trained at step s | dropped (reason)
+
+SQLite in WAL mode in the run directory: several processes write small batches concurrently, and
+whatever was committed survives a kill -9 of any of them. Every training event is appended to its
+own table (no uniqueness), so a sample trained twice is visible rather than silently absorbed.
+The conservation check: generated = trained + dropped + in flight, and no id trained twice.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from ixt_stream.types import Sample
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS samples (
+    sample_id TEXT PRIMARY KEY,
+    generator_id TEXT,
+    weight_version INTEGER,
+    state TEXT NOT NULL,
+    step INTEGER,
+    reason TEXT,
+    updated_at REAL
+);
+CREATE TABLE IF NOT EXISTS trainings (sample_id TEXT NOT NULL, step INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS trainings_id ON trainings (sample_id);
+"""
+IN_FLIGHT = ("generated", "critiqued")
+
+
+class Ledger:
+    def __init__(self, path: str | Path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.path = str(path)
+        self.db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+
+    def _tx(self, sql: str, rows: Iterable[tuple]) -> None:
+        rows = list(rows)
+        if not rows:
+            return
+        with self.db:  # one transaction per batch
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany(sql, rows)
+
+    def generated(self, samples: Iterable[Sample]) -> None:
+        now = time.time()
+        self._tx("INSERT OR IGNORE INTO samples VALUES (?, ?, ?, 'generated', NULL, NULL, ?)",
+                 ((s.sample_id, s.generator_id, s.weight_version, now) for s in samples))
+
+    def critiqued(self, sample_ids: Iterable[str]) -> None:
+        now = time.time()
+        self._tx("UPDATE samples SET state='critiqued', updated_at=? WHERE sample_id=? AND state='generated'",
+                 ((now, i) for i in sample_ids))
+
+    def trained(self, sample_ids: Iterable[str], step: int) -> None:
+        ids, now = list(sample_ids), time.time()
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany("INSERT INTO trainings VALUES (?, ?)", ((i, step) for i in ids))
+            self.db.executemany("UPDATE samples SET state='trained', step=?, updated_at=? WHERE sample_id=?",
+                                ((step, now, i) for i in ids))
+
+    def dropped(self, items: Iterable[tuple[str, str]]) -> None:
+        """Mark (sample_id, reason) pairs dropped; a trained sample stays trained."""
+        now = time.time()
+        self._tx("UPDATE samples SET state='dropped', reason=?, updated_at=? "
+                 "WHERE sample_id=? AND state IN ('generated', 'critiqued')",
+                 ((reason, now, i) for i, reason in items))
+
+    def trained_ids(self, sample_ids: Iterable[str]) -> set[str]:
+        """Which of these ids were already trained (the learner's guard against doubles)."""
+        ids = list(sample_ids)
+        found: set[str] = set()
+        for k in range(0, len(ids), 500):
+            chunk = ids[k:k + 500]
+            q = f"SELECT DISTINCT sample_id FROM trainings WHERE sample_id IN ({','.join('?' * len(chunk))})"
+            found.update(r[0] for r in self.db.execute(q, chunk))
+        return found
+
+    def untrain_after(self, step: int) -> int:
+        """Forget training events after `step` (a learner resumed from an older checkpoint):
+        those samples are no longer in the model, so they return to 'critiqued'. Returns how many."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            ids = [r[0] for r in self.db.execute("SELECT DISTINCT sample_id FROM trainings WHERE step > ?", (step,))]
+            self.db.execute("DELETE FROM trainings WHERE step > ?", (step,))
+            self.db.executemany("UPDATE samples SET state='critiqued', step=NULL WHERE sample_id=?",
+                                ((i,) for i in ids))
+        return len(ids)
+
+    def summary(self) -> dict:
+        counts = dict(self.db.execute("SELECT state, COUNT(*) FROM samples GROUP BY state").fetchall())
+        reasons = dict(self.db.execute(
+            "SELECT reason, COUNT(*) FROM samples WHERE state='dropped' GROUP BY reason").fetchall())
+        twice = self.db.execute(
+            "SELECT COUNT(*) FROM (SELECT sample_id FROM trainings GROUP BY sample_id HAVING COUNT(*) > 1)"
+        ).fetchone()[0]
+        generated = sum(counts.values())
+        trained, dropped = counts.get("trained", 0), counts.get("dropped", 0)
+        in_flight = sum(counts.get(s, 0) for s in IN_FLIGHT)
+        versions = dict(self.db.execute(
+            "SELECT weight_version, COUNT(*) FROM samples GROUP BY weight_version").fetchall())
+        return {
+            "generated": generated, "trained": trained, "dropped": dropped, "in_flight": in_flight,
+            "dropped_by_reason": reasons, "trained_twice": twice, "samples_by_weight_version": versions,
+            "conserved": generated == trained + dropped + in_flight and twice == 0,
+        }
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def main(argv: list[str]) -> int:
+    """`ixt ledger <run_dir>`: print the conservation check of a run."""
+    import json
+
+    if not argv:
+        print("usage: ixt ledger <run_dir>")
+        return 2
+    path = Path(argv[0]) / "ledger.sqlite"
+    if not path.exists():
+        print(f"no ledger at {path}")
+        return 2
+    s = Ledger(path).summary()
+    print(json.dumps(s, indent=2))
+    print(f"generated {s['generated']} = trained {s['trained']} + dropped {s['dropped']} + in flight "
+          f"{s['in_flight']}; trained twice: {s['trained_twice']} -> {'OK' if s['conserved'] else 'VIOLATED'}")
+    return 0 if s["conserved"] else 1
