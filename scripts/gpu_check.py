@@ -64,7 +64,7 @@ def synthetic_batch(tok, n: int, rng: random.Random) -> list:
         a, b = rng.randint(0, 9), rng.randint(0, 9)
         right = rng.random() < 0.5
         ans = a + b if right else a + b + rng.choice([-1, 1])
-        s = Sample(f"s{i}", f"Calculate {a} + {b}.", f"{a} plus {b} is {ans}. " * rng.randint(2, 12)
+        s = Sample(f"s{i}", f"Calculate {a} + {b}.", f"{a} plus {b} is {ans}. " * rng.randint(8, 40)
                    + f"<answer>{ans}</answer>", task="basic_arithmetic", reference_answer=str(a + b))
         crit = Critique(s.sample_id, "The final answer is correct." if right else f"The final answer {ans} is wrong.",
                         1.0 if right else 0.0, Label.GOOD if right else Label.BAD)
@@ -155,7 +155,7 @@ def main() -> int:
     tok = AutoTokenizer.from_pretrained(args.model_dir)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     rng = random.Random(0)
-    per_batch = 4 if args.dry else 32
+    per_batch = 4 if args.dry else 64
     samples = synthetic_batch(tok, per_batch * 8, rng)
     results["loss_check"] = check_loss(samples[:8], pad_id, len(tok), device)
 
