@@ -9,11 +9,17 @@ from __future__ import annotations
 import importlib
 import sys
 
+# command -> ("module" whose main(argv) runs it, or "module:function", help line)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("ixt_stream.online.main_job", "the main job: eval, online IXT loop, eval again, summary"),
     "serve": ("ixt_stream.services", "start one role in the foreground: reward | generator | orchestrator | learner"),
     "annotate": ("ixt_stream.offline.annotate", "stream a dataset through the reward service -> JSONL"),
     "train": ("ixt_stream.offline.train", "DeepSpeed learner on an annotated JSONL (IXT or baseline)"),
     "eval": ("ixt_stream.offline.evaluate", "held-out accuracy under positive / negative / no conditioning"),
+    "up": ("ixt_stream.online.supervisor:up_main", "start the online stack in the background (run.run_dir)"),
+    "status": ("ixt_stream.online.supervisor:status_main", "each service: pid, alive, progress"),
+    "down": ("ixt_stream.online.supervisor:down_main", "stop the stack: SIGTERM, wait, SIGKILL"),
+    "ledger": ("ixt_stream.ledger", "a run's sample accounting: generated = trained + dropped + in flight"),
 }
 
 
@@ -28,8 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help") or argv[0] not in COMMANDS:
         sys.stderr.write(usage())
         return 0 if argv and argv[0] in ("-h", "--help", "help") else 2
-    module = importlib.import_module(COMMANDS[argv[0]][0])
-    return int(module.main(argv[1:]) or 0)
+    module_name, _, func = COMMANDS[argv[0]][0].partition(":")
+    entry = getattr(importlib.import_module(module_name), func or "main")
+    return int(entry(argv[1:]) or 0)
 
 
 if __name__ == "__main__":

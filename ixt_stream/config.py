@@ -21,6 +21,12 @@ class RunConfig:
     """Stamped on every ZeroMQ frame; frames of another run are rejected."""
     seed: int = 0
     log_level: str = "INFO"
+    metrics_port: int = 0
+    """Prometheus `/metrics` port on 127.0.0.1 (0 = off). `ixt up` gives service i `port + i`."""
+    tensorboard: bool = True
+    """Also write metrics as TensorBoard scalars under `run_dir/tb/<role>`."""
+    stop_grace_s: float = 15.0
+    """`ixt down`: seconds between SIGTERM and SIGKILL."""
 
 
 @dataclass
@@ -86,7 +92,16 @@ class LLMCriticConfig:
     """openai backend: the OpenAI-compatible endpoint (vLLM or SGLang server)."""
     api_key_env: str = "IXT_OPENAI_API_KEY"
     """openai backend: environment variable holding the API key (never put keys in config)."""
+    api: str = "chat"
+    """openai backend: chat (/chat/completions, the server applies the chat template) | completions"""
     request_timeout_s: float = 120.0
+    dtype: str = "bfloat16"
+    """vllm / sglang backends: weight dtype of the in-process engine."""
+    max_model_len: int = 2048
+    """vllm backend: context length; longer prompts/responses are cut to fit before the call."""
+    kv_cache_gib: int = 1
+    max_critique_chars: int = 2000
+    """Critiques are cut to this length (the proto asks for under ~512 tokens)."""
 
 
 @dataclass
@@ -106,6 +121,9 @@ class RewardConfig:
     """If set, calls must carry `authorization: Bearer <token>`; token read from this file."""
     tls_cert_file: str = ""
     tls_key_file: str = ""
+    """TLS is on when both files are set (PEM)."""
+    grace_s: float = 5.0
+    """On shutdown, in-flight calls get this long to finish."""
     llm: LLMCriticConfig = field(default_factory=LLMCriticConfig)
 
 
@@ -122,6 +140,9 @@ class RewardClientConfig:
     """First retry delay; doubles each retry."""
     auth_token_file: str = ""
     tls_ca_file: str = ""
+    """PEM root certificate of the server; set = connect with TLS."""
+    ready_timeout_s: float = 300.0
+    """How long to wait for the service's health check to say SERVING (an LLM critic loads first)."""
 
 
 @dataclass
@@ -152,6 +173,8 @@ class LearnerConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     max_steps: int = 100
+    """Stop after this many applied optimizer steps (0 = no limit; `ixt train` also stops after
+    `epochs`)."""
     tokens_per_batch: int = 4096
     """Token budget of one optimizer step (padded tokens count)."""
     max_samples_per_batch: int = 64
@@ -159,9 +182,11 @@ class LearnerConfig:
     threads: int = 1
     """torch intra-op threads of the learner process."""
     save_every: int = 0
-    """Checkpoint every N steps (0 = only at the end)."""
+    """DeepSpeed checkpoint every N steps (0 = only at the end)."""
     log_every: int = 1
+    """Log metrics every N learner steps."""
     epochs: int = 1
+    """Passes over the annotated data in `ixt train` (the online loop has no epochs)."""
 
 
 @dataclass
@@ -180,6 +205,8 @@ class GeneratorConfig:
     dtype: str = "bfloat16"
     gpu_memory_utilization: float = 0.5
     tensor_parallel_size: int = 1
+    index: int = 0
+    """Which generator of the pool this process is: its prompt shard and its id `generator-<index>`."""
 
 
 @dataclass
@@ -197,6 +224,9 @@ class StreamConfig:
     """generators PUSH -> learner PULL (weight acks)"""
     high_water_mark: int = 64
     """Messages queued per socket before senders block (never drop)."""
+    tcp_buffer_bytes: int = 65536
+    """Kernel send/receive buffer per socket (SO_SNDBUF/SO_RCVBUF). Frames also wait there, beyond
+    the HWM; the OS default (MBs) would let thousands of small samples go stale in flight. 0 = OS default."""
     max_version_lag: int = 2
     """A sample produced more than this many versions behind the learner is dropped (stale)."""
     sync_every: int = 2
@@ -207,6 +237,14 @@ class StreamConfig:
     """If set, ZeroMQ links use CURVE with the keys in this folder (needed off loopback)."""
     max_samples: int = 0
     """Stop generating after this many samples (0 = until the learner reaches max_steps)."""
+    linger_ms: int = 1000
+    """How long a closing socket keeps trying to deliver queued messages."""
+    send_timeout_ms: int = 500
+    """A blocked sender wakes this often to check for shutdown, then retries (never drops)."""
+    keep_weight_versions: int = 3
+    """Weight versions kept on disk under `run_dir/weights` (older ones are deleted)."""
+    weight_dtype: str = ""
+    """Publish weights cast to this torch dtype ("bfloat16", ...); empty = the learner's dtype."""
 
 
 @dataclass
@@ -219,8 +257,11 @@ class AnnotateConfig:
     """JSONL of {"prompt","response"} pairs or {"text"} documents (source=jsonl)."""
     output: str = "runs/annotated.jsonl"
     num_samples: int = 256
+    """Samples to annotate (responses, not prompts); 0 = the whole input file."""
     responses: str = "policy"
-    """tasks source: policy (sample the model with vLLM) | synthetic (controlled error types)"""
+    """tasks source: policy (sample the model with vLLM) | synthetic (controlled error types).
+    Both take `generator.samples_per_prompt` responses per prompt; policy sampling also uses
+    `generator.{max_new_tokens,temperature,top_p,dtype}`."""
 
 
 @dataclass
@@ -231,8 +272,10 @@ class EvalConfig:
     max_new_tokens: int = 128
     temperature: float = 0.0
     checkpoint: str = ""
-    """Model folder to evaluate; empty = `model.name`."""
+    """Model folder to evaluate; empty = `model.name`. If it holds `ixt_condition.json` (written by
+    `ixt train`), its conditioning mode is used, so a baseline is never given a feedback prefix."""
     output: str = ""
+    """JSON report path; empty = `run.run_dir/eval.json`."""
 
 
 @dataclass
@@ -240,7 +283,14 @@ class TrainConfig:
     """Offline: train on an annotated JSONL."""
 
     data: str = "runs/annotated.jsonl"
+    """Annotated JSONL written by `ixt annotate` (sample fields + critique fields per line)."""
     output_dir: str = "runs/train"
+    """The trained model as an HF folder (+ `ixt_condition.json`, the format it was trained on).
+    Metrics go to `run.run_dir/metrics/train.jsonl`, DeepSpeed checkpoints to
+    `run.run_dir/checkpoints/train`."""
+    resume: bool = False
+    """Continue from the latest DeepSpeed checkpoint in `run.run_dir/checkpoints/train`, skipping
+    the batches it already consumed."""
 
 
 @dataclass
@@ -290,6 +340,9 @@ def validate(cfg: IxtConfig) -> IxtConfig:
     check(cfg.stream.max_version_lag >= 0, "stream.max_version_lag", "must be >= 0")
     check(cfg.stream.weight_transport in ("filesystem", "collective"), "stream.weight_transport",
           "must be filesystem or collective")
+    check(cfg.stream.keep_weight_versions >= 1, "stream.keep_weight_versions", "must be >= 1")
+    check(0 <= cfg.generator.index < cfg.generator.num_generators, "generator.index",
+          f"must be in [0, generator.num_generators={cfg.generator.num_generators})")
     check(1 <= cfg.reward.port <= 65535, "reward.port", "must be a TCP port")
     check(":" in cfg.client.address, "client.address", "must be host:port")
     return cfg

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 
+from ixt_stream.config import ConditionConfig
 from ixt_stream.types import ConditionedSample, Critique, Label, Sample
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
@@ -66,6 +67,13 @@ class Conditioner:
         self._rng = random.Random(seed)
         self._im_end = self._ids(IM_END)
         self._eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+    @classmethod
+    def from_config(cls, tokenizer, cfg: ConditionConfig, seed: int = 0) -> Conditioner:
+        """The Conditioner a ConditionConfig describes: training, generation and eval agree."""
+        return cls(tokenizer, mode=cfg.mode, feedback_dropout=cfg.feedback_dropout,
+                   max_feedback_tokens=cfg.max_feedback_tokens, max_seq_len=cfg.max_seq_len,
+                   positive_critique=cfg.positive_critique, negative_critique=cfg.negative_critique, seed=seed)
 
     def _ids(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False)

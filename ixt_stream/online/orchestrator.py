@@ -34,19 +34,10 @@ log = logging.getLogger(__name__)
 NAME = "orchestrator"
 
 
-def conditioner_from(cfg: IxtConfig, tokenizer) -> Conditioner:
-    """The one Conditioner of a run (the evaluator builds the same one)."""
-    c = cfg.condition
-    return Conditioner(tokenizer, mode=c.mode, feedback_dropout=c.feedback_dropout,
-                       max_feedback_tokens=c.max_feedback_tokens, max_seq_len=c.max_seq_len,
-                       positive_critique=c.positive_critique, negative_critique=c.negative_critique,
-                       seed=cfg.run.seed)
-
-
 async def run(cfg: IxtConfig, stop: asyncio.Event) -> dict:
     """Critique and condition until `stop` is set; returns the final counters."""
     run_dir = cfg.run.run_dir
-    conditioner = conditioner_from(cfg, models.load_tokenizer(models.resolve(cfg.model)))
+    conditioner = Conditioner.from_config(models.load_tokenizer(models.resolve(cfg.model)), cfg.condition, cfg.run.seed)
     ledger = Ledger(Path(run_dir) / "ledger.sqlite")
     samples = sockets.receiver(cfg.stream, "samples", cfg.run.run_id)
     out = sockets.sender(cfg.stream, "conditioned", cfg.run.run_id)

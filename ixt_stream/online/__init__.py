@@ -1,0 +1,1 @@
+"""Online-loop roles (the generator) and their supervisor (`ixt up` / `status` / `down`)."""

@@ -1,0 +1,225 @@
+"""`ixt up` / `ixt status` / `ixt down`: the online stack as background processes in a run folder.
+
+Each service is one `ixt serve <role> ...overrides` process, started in its own session so that
+its process group holds every child it spawns. Its state lives in `run.run_dir`:
+`logs/<name>.log` (stdout+stderr), `pids/<name>.json` (pid, start time, argv) and
+`status/<name>.json`, which the role itself rewrites with `write_status` (learner step, samples/s,
+weight version, queue depths, critique latency, ...). The recorded start time means a recycled pid
+is never signalled. `down` sends SIGTERM to every session, waits `run.stop_grace_s`, SIGKILLs what
+is left and removes a pid file only once its whole session is gone.
+
+Services start in `ROLES` order (reward, learner, orchestrator, generators): the ends that bind
+ZeroMQ sockets first, though ZeroMQ would also connect in any order. `ixt up` skips services that
+are already alive, so re-running it restarts only the dead ones. Each service gets
+OMP_NUM_THREADS from its role's `threads` setting (1 elsewhere): on two cores co-located processes
+thrash otherwise. Left out: automatic restarts, remote hosts, and log rotation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ixt_stream.config import IxtConfig, load
+
+ROLES = ("reward", "learner", "orchestrator", "generator")
+
+
+@dataclass
+class Service:
+    name: str
+    """Unique in the run: the role, or `generator-<i>` for the pool."""
+    argv: list[str]
+    threads: int = 1
+
+
+def stack(cfg: IxtConfig, overrides: list[str]) -> list[Service]:
+    """The services of the online loop for `cfg`, each forwarded the same `overrides`."""
+    serve = [sys.executable, "-m", "ixt_stream.cli", "serve"]
+    out = []
+    for role in ROLES:
+        if role == "generator":
+            for i in range(cfg.generator.num_generators):
+                argv = [*serve, role, *overrides, f"generator.index={i}"]
+                out.append(Service(f"generator-{i}", argv, cfg.generator.threads))
+        else:
+            threads = cfg.learner.threads if role == "learner" else 1
+            out.append(Service(role, [*serve, role, *overrides], threads))
+    if cfg.run.metrics_port:
+        for i, s in enumerate(out):
+            s.argv.append(f"run.metrics_port={cfg.run.metrics_port + i}")
+    return out
+
+
+# -- status files (written by the roles) ------------------------------------------------------
+
+
+def write_status(run_dir: str | Path, name: str, status: dict) -> None:
+    """Atomically replace `run_dir/status/<name>.json`; roles call this every few seconds."""
+    folder = Path(run_dir) / "status"
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{name}.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps({**status, "pid": os.getpid(), "time": time.time()}))
+    os.replace(tmp, folder / f"{name}.json")
+
+
+def read_status(run_dir: str | Path, name: str) -> dict:
+    try:
+        return json.loads((Path(run_dir) / "status" / f"{name}.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+# -- processes --------------------------------------------------------------------------------
+
+
+def _stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat fields after the command name: [state, ppid, pgrp, session, ...]."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+def _start_ticks(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[19]) if fields else None
+
+
+def _session(sid: int) -> list[int]:
+    """Live (not zombie) processes of session `sid`."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (f := _stat(int(entry.name))) and f[3] == str(sid) and f[0] != "Z":
+            out.append(int(entry.name))
+    return out
+
+
+def _pid_files(run_dir: str | Path) -> dict[str, dict]:
+    out = {}
+    for path in sorted((Path(run_dir) / "pids").glob("*.json")):
+        try:
+            out[path.stem] = json.loads(path.read_text())
+        except ValueError:
+            continue
+    return out
+
+
+def _ours(record: dict) -> list[int]:
+    """The live processes of a recorded service (empty if gone, or if its pid was recycled)."""
+    pid = record["pid"]
+    start = _start_ticks(pid)
+    if start is not None and start != record["start"]:
+        return []  # the pid now names another process; a sid stays reserved while any member lives
+    return _session(pid)
+
+
+def up(run_dir: str | Path, services: list[Service], settle_s: float = 1.0) -> dict[str, int]:
+    """Start every service not already alive; returns name -> pid of those started.
+
+    Raises RuntimeError (with each log's tail) if any service exits within `settle_s`.
+    """
+    run = Path(run_dir)
+    for sub in ("logs", "pids", "status"):
+        (run / sub).mkdir(parents=True, exist_ok=True)
+    running = _pid_files(run)
+    started = {}
+    for s in services:
+        if s.name in running and _ours(running[s.name]):
+            continue
+        log_path = run / "logs" / f"{s.name}.log"
+        env = {**os.environ, "OMP_NUM_THREADS": str(s.threads), "PYTHONUNBUFFERED": "1"}
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen(s.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=env, start_new_session=True)
+        record = {"pid": proc.pid, "start": _start_ticks(proc.pid), "argv": s.argv, "log": str(log_path)}
+        (run / "pids" / f"{s.name}.json").write_text(json.dumps(record))
+        started[s.name] = proc.pid
+    time.sleep(settle_s if started else 0)
+    dead = [n for n in started if not _ours(_pid_files(run)[n])]
+    if dead:
+        tails = "\n".join(f"--- {n}: {run / 'logs' / (n + '.log')}\n{_tail(run / 'logs' / (n + '.log'))}"
+                          for n in dead)
+        raise RuntimeError(f"exited right after start: {', '.join(dead)}\n{tails}")
+    return started
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def status(run_dir: str | Path) -> list[dict]:
+    """One row per recorded service: name, pid, alive, and its latest status file."""
+    return [{"name": name, "pid": rec["pid"], "alive": bool(_ours(rec)), "status": read_status(run_dir, name)}
+            for name, rec in _pid_files(run_dir).items()]
+
+
+def down(run_dir: str | Path, grace_s: float = 15.0) -> dict[str, str]:
+    """Stop every recorded service: SIGTERM, wait `grace_s`, SIGKILL. Returns name -> outcome."""
+    records = _pid_files(run_dir)
+    outcome = {name: "stopped" if _ours(rec) else "not running" for name, rec in records.items()}
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        live = {name: _ours(rec) for name, rec in records.items()}
+        for name, pids in reversed(live.items()):  # producers (generators) first
+            if pids and sig == signal.SIGKILL:
+                outcome[name] = "killed"
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + wait_s
+        while any(_ours(rec) for rec in records.values()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    for name, rec in records.items():
+        if _ours(rec):
+            outcome[name] = "still alive"
+        else:
+            (Path(run_dir) / "pids" / f"{name}.json").unlink(missing_ok=True)
+    return outcome
+
+
+# -- CLI --------------------------------------------------------------------------------------
+
+
+def _fmt(status: dict) -> str:
+    age = f"{time.time() - status['time']:.0f}s ago " if "time" in status else ""
+    items = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+             for k, v in status.items() if k not in ("pid", "time")]
+    return age + " ".join(items)
+
+
+def up_main(argv: list[str]) -> int:
+    cfg = load(argv)
+    started = up(cfg.run.run_dir, stack(cfg, argv))
+    print(f"{cfg.run.run_dir}: started {', '.join(f'{n} ({p})' for n, p in started.items()) or 'nothing'}")
+    return status_main(argv)
+
+
+def status_main(argv: list[str]) -> int:
+    run_dir = load(argv).run.run_dir
+    rows = status(run_dir)
+    if not rows:
+        print(f"{run_dir}: no services")
+    for r in rows:
+        state = "alive" if r["alive"] else "DEAD"
+        print(f"{r['name']:<14} pid {r['pid']:<8} {state:<6} {_fmt(r['status'])}")
+    return 0 if rows and all(r["alive"] for r in rows) else 1
+
+
+def down_main(argv: list[str]) -> int:
+    cfg = load(argv)
+    result = down(cfg.run.run_dir, grace_s=cfg.run.stop_grace_s)
+    for name, what in result.items():
+        print(f"{name:<14} {what}")
+    return 1 if "still alive" in result.values() else 0

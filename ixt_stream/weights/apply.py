@@ -1,0 +1,155 @@
+"""Generator side of a weight version: hear the announcement, verify the payload, swap it in.
+
+Mirrors `publish.py` name for name: a `WeightReader` per transport (`FilesystemReader` reads what
+`FilesystemWriter` wrote) behind a `WeightApplier` that the generator calls between engine calls.
+Announcements are drained and only the newest pending version is kept: a generator that fell two
+versions behind jumps straight to the latest. Its first poll also reads `run_dir/weights/LATEST`,
+because PUB does not replay announcements made before it connected.
+
+A payload is applied only if its size and SHA-256 match the announcement; a missing, truncated,
+mismatched or unreadable file is refused (logged, counted by reason in `WeightApplier.refused` and
+prometheus) and the engine keeps its current weights. The verified bytes themselves are loaded
+and handed to `Engine.reload_weights(state_dict=...)`, so nothing re-reads the file after the check.
+Left out: the collective (NCCL) reader, and retrying a refused version (the next one supersedes it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from prometheus_client import Counter as PromCounter
+
+from ixt_stream.config import StreamConfig
+from ixt_stream.stream import sockets
+from ixt_stream.types import WeightAck, WeightVersion
+from ixt_stream.weights.publish import LATEST, WEIGHTS_FILE
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_REFUSED = PromCounter("ixt_weights_refused", "Weight versions refused by a generator", ["reason"])
+
+
+class WeightRefused(Exception):
+    """A payload that must not be applied; `reason` is a short counter key."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+class WeightReader(Protocol):
+    """Fetches one announced version's tensors; raises WeightRefused rather than return bad ones."""
+
+    def read(self, wv: WeightVersion) -> dict[str, torch.Tensor]: ...
+
+
+class Reloadable(Protocol):
+    """What the applier needs of an engine (`sample.engine.Engine`, or a fake in tests)."""
+
+    def reload_weights(self, weights_path: str | None = None, state_dict: dict | None = None) -> float: ...
+
+
+class FilesystemReader:
+    """Reads `<uri>/model.safetensors` under `root`, checking size and SHA-256 before parsing."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+
+    def read(self, wv: WeightVersion) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load
+
+        path = Path(wv.uri).resolve() / WEIGHTS_FILE
+        if not path.is_relative_to(self.root):
+            raise WeightRefused("outside_root", f"{path} is not under {self.root}")
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise WeightRefused("missing", str(e)) from e
+        if len(data) != wv.num_bytes:
+            raise WeightRefused("truncated", f"{path}: {len(data)} bytes, announced {wv.num_bytes}")
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != wv.sha256:
+            raise WeightRefused("sha256_mismatch", f"{path}: sha256 {digest}, announced {wv.sha256}")
+        try:
+            return load(data)
+        except Exception as e:  # safetensors raises its own error types on a corrupt header
+            raise WeightRefused("unreadable", f"{path}: {e}") from e
+
+
+class WeightApplier:
+    """Tracks the version this generator serves and applies newer announced ones.
+
+    Args:
+        reader: the transport's reader.
+        announcements: the weights SUB receiver.
+        root: the weights folder holding LATEST (`run_dir/weights`).
+        generator_id: stamped on acks.
+    """
+
+    def __init__(self, reader: WeightReader, announcements: sockets.Receiver, root: str | Path,
+                 generator_id: str):
+        self.reader, self.announcements = reader, announcements
+        self.root, self.generator_id = Path(root), generator_id
+        self.version = 0
+        """The version the engine serves; 0 = the initial model, before any publish."""
+        self.refused: Counter[str] = Counter()
+        self._polled = False
+
+    def _recorded(self) -> WeightVersion | None:
+        try:
+            return WeightVersion(**json.loads((self.root / LATEST).read_text()))
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError) as e:  # written atomically, so only a foreign hand gets here
+            log.error("%s: ignoring unreadable %s: %s", self.generator_id, self.root / LATEST, e)
+            return None
+
+    def poll(self) -> WeightVersion | None:
+        """The newest announced version newer than the one served; older pending ones are dropped.
+
+        The first call also considers LATEST: PUB does not replay what was announced before this
+        generator subscribed (the SUB socket connects in the constructor, before LATEST is read).
+        """
+        found = self.announcements.drain()
+        if not self._polled:
+            self._polled = True
+            found.append(self._recorded())
+        newer = [wv for wv in found if wv is not None and wv.version > self.version]
+        return max(newer, key=lambda wv: wv.version, default=None)
+
+    def apply(self, wv: WeightVersion, engine: Reloadable) -> WeightAck | None:
+        """Verify and swap in `wv`; the ack to send, or None if it was refused."""
+        t0 = time.perf_counter()
+        try:
+            state_dict = self.reader.read(wv)
+        except WeightRefused as e:
+            self.refused[e.reason] += 1
+            WEIGHTS_REFUSED.labels(e.reason).inc()
+            log.error("%s: refused weights v%d (%s): %s", self.generator_id, wv.version, e.reason, e.detail)
+            return None
+        read_s = time.perf_counter() - t0
+        reload_s = engine.reload_weights(state_dict=state_dict)
+        self.version = wv.version
+        seconds = time.perf_counter() - t0
+        log.info("%s: applied weights v%d (step %d) in %.2fs (read+verify %.2fs, reload %.2fs)",
+                 self.generator_id, wv.version, wv.step, seconds, read_s, reload_s)
+        return WeightAck(generator_id=self.generator_id, version=wv.version, applied_at=time.time(),
+                         apply_seconds=seconds)
+
+    def close(self) -> None:
+        self.announcements.close()
+
+
+def applier(cfg: StreamConfig, run_dir: str, run_id: str, generator_id: str) -> WeightApplier:
+    """A generator's applier for `cfg.weight_transport`; connects the weights SUB socket."""
+    if cfg.weight_transport != "filesystem":
+        raise NotImplementedError(f"stream.weight_transport={cfg.weight_transport!r} is not implemented yet")
+    root = Path(run_dir) / "weights"
+    return WeightApplier(FilesystemReader(root), sockets.receiver(cfg, "weights", run_id), root, generator_id)

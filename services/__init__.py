@@ -1,0 +1,1 @@
+"""Deployable mains, one package per role: parse config, build components, run, clean up."""

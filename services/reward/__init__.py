@@ -1,0 +1,1 @@
+"""The reward-model service role (`ixt serve reward`): see `main.py`."""

@@ -1,0 +1,120 @@
+"""A real generator process (tiny model, real vLLM) against this test acting as orchestrator + learner.
+
+Proves, over real sockets: samples arrive well-formed; a weight version published mid-run is
+applied, acknowledged, and stamped on every later sample; SIGTERM stops the process cleanly; and
+a generator started after the publish serves that version from its first sample (LATEST).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from ixt_stream.config import StreamConfig
+from ixt_stream.metrics import read_jsonl
+from ixt_stream.online.supervisor import read_status
+from ixt_stream.stream import sockets
+from ixt_stream.types import Sample, WeightAck
+from ixt_stream.weights import publish
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.slow
+RUN = "itest"
+
+
+def start_generator(overrides: list[str], log_path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "ixt_stream.cli", "serve", "generator", *overrides],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def recv(rx: sockets.Receiver, proc: subprocess.Popen, log_path, timeout_s: float = 180):
+    """The next frame, failing fast (with the log) if the generator died or went quiet."""
+    deadline = time.monotonic() + timeout_s
+    while (got := rx.recv(timeout_ms=500)) is None:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"no frame (rc={proc.poll()}):\n{log_path.read_text()[-3000:]}")
+    return got
+
+
+def stop(proc: subprocess.Popen) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+
+
+def test_generator_streams_samples_and_applies_a_weight_version_mid_run(tmp_path, tiny_model_dir):
+    from safetensors.torch import load_file
+
+    stream = StreamConfig(samples_port=free_port(), acks_port=free_port(), weights_port=free_port(),
+                          high_water_mark=8, linger_ms=0)
+    overrides = [
+        "profile=smoke", f"run.run_dir={tmp_path}", f"run.run_id={RUN}",
+        f"stream.samples_port={stream.samples_port}", f"stream.acks_port={stream.acks_port}",
+        f"stream.weights_port={stream.weights_port}", f"stream.high_water_mark={stream.high_water_mark}",
+        "generator.prompts_per_request=2", "generator.max_new_tokens=16",
+    ]
+    samples = sockets.receiver(stream, "samples", RUN)
+    acks = sockets.receiver(stream, "acks", RUN)
+    pub = publish.publisher(stream, str(tmp_path), RUN)
+    log_path = tmp_path / "generator.log"
+    proc = start_generator(overrides, log_path)
+    try:
+        # -- initial weights: well-formed samples at version 0 ---------------------------------
+        first = [recv(samples, proc, log_path) for _ in range(4)]
+        s = first[0]
+        assert isinstance(s, Sample) and s.weight_version == 0 and s.generator_id == "generator-0"
+        assert s.task == "basic_arithmetic" and s.reference_answer and s.num_response_tokens > 0
+        assert s.prompt_id.startswith("train-basic_arithmetic") and s.metadata["entry"].startswith("{")
+        assert len({x.sample_id for x in first}) == 4
+        assert first[0].prompt_id == first[1].prompt_id  # k=2 samples per prompt (smoke profile)
+
+        # -- publish version 1 mid-run: applied, acked, stamped on later samples ---------------
+        sd = load_file(os.path.join(tiny_model_dir, "model.safetensors"))
+        sd = {k: v + 0.01 * torch.randn_like(v) for k, v in sd.items()}
+        t0 = time.perf_counter()
+        wv = pub.publish(sd, version=1, step=2)
+        publish_s = time.perf_counter() - t0
+        versions = []
+        ack = None
+        while ack is None:
+            versions.append(recv(samples, proc, log_path).weight_version)  # keep the generator unblocked
+            got = acks.recv(timeout_ms=0)
+            ack = got if isinstance(got, WeightAck) else None
+        assert ack.version == 1 and ack.generator_id == "generator-0" and ack.apply_seconds > 0
+        while 1 not in versions:
+            versions.append(recv(samples, proc, log_path).weight_version)
+        assert versions == sorted(versions)  # never back to an older version
+        print(f"\ntiny model: publish {publish_s:.3f}s ({wv.num_bytes / 1e6:.1f} MB), "
+              f"apply {ack.apply_seconds:.3f}s")
+
+        assert stop(proc) == 0, log_path.read_text()[-3000:]
+        rows = read_jsonl(tmp_path / "metrics" / "generator-0.jsonl")
+        assert rows[-1]["weights/version"] == 1
+        assert read_status(tmp_path, "generator-0")["weights/version"] == 1
+        print(f"tiny model: {max(r['generator/tokens_per_s'] for r in rows):.0f} tok/s (best engine call), "
+              f"{rows[-1]['generator/samples_per_s']:.1f} samples/s overall")
+
+        # -- a generator started after the publish serves v1 from its first sample -------------
+        samples.drain()
+        proc = start_generator(overrides, log_path)
+        assert recv(samples, proc, log_path).weight_version == 1
+        assert acks.recv(timeout_ms=5000).version == 1
+        assert stop(proc) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for end in (samples, acks, pub):
+            end.close()
