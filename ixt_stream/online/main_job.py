@@ -31,6 +31,8 @@ def _eval(overrides: list[str], checkpoint: str, out: Path) -> dict:
 
 def _progress(cfg: IxtConfig) -> str:
     s = supervisor.read_status(cfg.run.run_dir, "learner")
+    if "done" in s:  # the learner's final summary
+        return f"learner finished: {s['steps']} steps, {s['samples_trained']} samples, v{s['versions_pushed']}"
     gens = {n: supervisor.read_status(cfg.run.run_dir, f"generator-{n}").get("weights/version")
             for n in range(cfg.generator.num_generators)}
     orch = supervisor.read_status(cfg.run.run_dir, "orchestrator")
