@@ -99,7 +99,7 @@ def run(cfg: IxtConfig, stop: threading.Event) -> dict:
     ledger = Ledger(run_dir / "ledger.sqlite")
     publisher = publish.publisher(sc, str(run_dir), cfg.run.run_id)
     sink = MetricsSink(run_dir, NAME, prometheus_port=cfg.run.metrics_port)
-    prefetch = Prefetcher(cfg, maxsize=4 * lc.max_samples_per_batch, stop=stop)
+    prefetch = Prefetcher(cfg, maxsize=lc.max_samples_per_batch, stop=stop)  # one batch ahead
     prefetch.start()
     prefetch.ready.wait()
 
@@ -116,6 +116,14 @@ def run(cfg: IxtConfig, stop: threading.Event) -> dict:
     staleness: Counter[int] = Counter()
     waited = {"s": 0.0}
 
+    def drop_stale(samples: list[ConditionedSample]) -> list[ConditionedSample]:
+        """The samples within `max_version_lag` of the newest version; the others are ledgered."""
+        stale = [s for s in samples if version - s.sample.weight_version > sc.max_version_lag]
+        if stale:
+            drops["stale"] += len(stale)
+            ledger.dropped([(s.sample.sample_id, "stale") for s in stale])
+        return [s for s in samples if version - s.sample.weight_version <= sc.max_version_lag]
+
     def fresh():
         """Samples worth training on now, in arrival order; drops are ledgered."""
         while not stop.is_set():
@@ -126,15 +134,11 @@ def run(cfg: IxtConfig, stop: threading.Event) -> dict:
                 waited["s"] += time.perf_counter() - t0
                 continue
             waited["s"] += time.perf_counter() - t0
-            lag = version - s.sample.weight_version
-            if lag > sc.max_version_lag:
-                drops["stale"] += 1
-                ledger.dropped([(s.sample.sample_id, "stale")])
+            if not drop_stale([s]):
                 continue
             if ledger.trained_ids([s.sample.sample_id]):
                 drops["already_trained"] += 1  # a redelivery: it is in the model already
                 continue
-            staleness[lag] += 1
             yield s
 
     # -- train ------------------------------------------------------------------------------------
@@ -144,6 +148,12 @@ def run(cfg: IxtConfig, stop: threading.Event) -> dict:
         for group in groups:
             if learner.step >= lc.max_steps:
                 break
+            # a version may have been pushed since these were pulled: check the bound again
+            group = drop_stale(group)
+            if not group:
+                continue
+            for s in group:
+                staleness[version - s.sample.weight_version] += 1
             t0 = time.perf_counter()
             metrics = learner.train_step(collate(group, pad_id))
             busy += time.perf_counter() - t0
