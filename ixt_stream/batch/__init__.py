@@ -1,0 +1,1 @@
+"""Stage 4: ConditionedSamples -> padded tensors (token-budget packing, the one tensor boundary)."""

@@ -1,0 +1,79 @@
+"""The seam between the reward service and whatever writes critiques.
+
+A backend is anything with `card()`, `async critique(sample)` and `async aclose()`. It judges one
+sample per call; backends that gain from batching (LLM critics) batch concurrent calls themselves
+(`batcher.DynamicBatcher`), so the server and the client never see batches. A backend raises
+`InvalidRequest` for input it cannot judge (the server turns it into INVALID_ARGUMENT),
+`BackendUnavailable` for a transient failure (UNAVAILABLE, retried by clients); any other exception
+is a server-side failure (INTERNAL). Constructors take plain parameters; only the
+service main picks and builds a backend from config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ixt_stream.types import Critique, Label, Sample
+
+
+class InvalidRequest(ValueError):
+    """The request cannot be judged by this backend; the message says why (sent to the caller)."""
+
+
+class BackendUnavailable(RuntimeError):
+    """The critic behind the backend is down or overloaded for now (the caller may retry)."""
+
+
+@dataclass
+class ModelCard:
+    """What a critic is and how its feedback looks (`ixt.v1.ModelCard`)."""
+
+    name: str
+    backend: str
+    model_id: str = ""
+    feedback_format: str = "thinking+critique+score+label"
+    score_min: float = 0.0
+    score_max: float = 1.0
+    labels: list[Label] = field(default_factory=lambda: [Label.BAD, Label.MIXED, Label.GOOD])
+    tasks: list[str] = field(default_factory=list)
+    """Tasks it can judge; empty = any text."""
+    max_response_bytes: int = 0
+    """Filled in by the server from its own limit."""
+
+
+class Backend(Protocol):
+    def card(self) -> ModelCard: ...
+
+    async def critique(self, sample: Sample) -> Critique:
+        """Feedback on one sample. Raises InvalidRequest for input it cannot judge."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release engines, connections and threads."""
+        ...
+
+
+def label_for_score(score: float) -> Label:
+    """The label a score implies: 1 is GOOD, 0 is BAD, anything between is MIXED."""
+    if score >= 1.0:
+        return Label.GOOD
+    if score <= 0.0:
+        return Label.BAD
+    return Label.MIXED
+
+
+class NullBackend:
+    """A fixed critique, instantly: measures pure transport and service overhead."""
+
+    CRITIQUE = "The response was not examined (null critic)."
+
+    def card(self) -> ModelCard:
+        return ModelCard(name="null critic", backend="null", feedback_format="critique+label")
+
+    async def critique(self, sample: Sample) -> Critique:
+        return Critique(sample_id=sample.sample_id, critique=self.CRITIQUE, score=0.5,
+                        label=Label.MIXED, model_id="null")
+
+    async def aclose(self) -> None:
+        return None

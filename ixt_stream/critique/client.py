@@ -1,0 +1,314 @@
+"""The async client of the reward service: `Sample` in, `Critique` out.
+
+Two paths. `critique(sample)` is one unary call with a deadline. `stream(samples)` pipelines any
+number of samples over one `CritiqueStream` (several times the unary throughput) and yields a
+`Result` per sample as answers arrive (not in input order). Both keep at most `max_in_flight`
+samples outstanding, and both retry with exponential backoff (plus jitter) on UNAVAILABLE,
+DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED, never on INVALID_ARGUMENT. On the stream, a dropped
+connection or `timeout_s` without any answer resends what was in flight on a new stream; an item
+that fails for good becomes a `Result` with `error` set, and only a service that stays down
+through every retry ends the iteration with `CritiqueError`.
+Left out: hedged requests, client-side load balancing over several services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ixt_stream.config import RewardClientConfig
+from ixt_stream.critique.backend import ModelCard
+from ixt_stream.critique.security import call_metadata, read_secret
+from ixt_stream.types import Critique, Label, Sample
+from ixt_stream.wire import codec
+from ixt_stream.wire.ixt.v1 import ixt_pb2 as pb
+from ixt_stream.wire.ixt.v1 import ixt_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                       grpc.StatusCode.RESOURCE_EXHAUSTED})
+_RETRYABLE_NAMES = frozenset(code.name for code in RETRYABLE)
+SERVICE = pb.DESCRIPTOR.services_by_name["RewardModel"].full_name
+
+
+class CritiqueError(RuntimeError):
+    """A critique that failed for good; `code` is a grpc.StatusCode name."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Result:
+    """One streamed answer: exactly one of `critique` and `error` is set."""
+
+    sample: Sample
+    critique: Critique | None = None
+    error: CritiqueError | None = None
+
+
+def card_from_pb(m: pb.ModelCard) -> ModelCard:
+    return ModelCard(name=m.name, backend=m.backend, model_id=m.model_id, feedback_format=m.feedback_format,
+                     score_min=m.score_min, score_max=m.score_max,
+                     labels=[Label(x) for x in m.labels if x in Label._value2member_map_],
+                     tasks=list(m.tasks), max_response_bytes=m.max_response_bytes)
+
+
+async def _aiter(samples: Iterable[Sample] | AsyncIterable[Sample]) -> AsyncIterator[Sample]:
+    if isinstance(samples, AsyncIterable):
+        async for s in samples:
+            yield s
+    else:
+        for s in samples:
+            yield s
+
+
+class RewardClient:
+    """Talks to one reward service. Create and use it inside a running event loop.
+
+    Args:
+        address: "host:port".
+        max_in_flight: samples outstanding at once (unary calls, or items on the stream).
+        timeout_s: deadline of one unary call; on the stream, the longest wait for any answer.
+        retries: retries per sample after the first try.
+        backoff_s: first retry delay; doubles every retry (x0.5-1.5 jitter).
+        auth_token: bearer token, if the service wants one.
+        tls_ca: PEM root certificate; set = TLS.
+    """
+
+    def __init__(self, address: str, *, max_in_flight: int = 64, timeout_s: float = 60.0, retries: int = 5,
+                 backoff_s: float = 0.2, auth_token: str = "", tls_ca: bytes | None = None,
+                 max_message_bytes: int = 4 << 20):
+        self.address = address
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.max_in_flight = max_in_flight
+        self._metadata = call_metadata(auth_token)
+        self._slots = asyncio.Semaphore(max_in_flight)
+        options = [("grpc.max_receive_message_length", max_message_bytes),
+                   ("grpc.max_send_message_length", max_message_bytes)]
+        if tls_ca is not None:
+            creds = grpc.ssl_channel_credentials(root_certificates=tls_ca)
+            self._channel = grpc.aio.secure_channel(address, creds, options=options)
+        else:
+            self._channel = grpc.aio.insecure_channel(address, options=options)
+        self._stub = pb_grpc.RewardModelStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    @classmethod
+    def from_config(cls, cfg: RewardClientConfig) -> RewardClient:
+        return cls(cfg.address, max_in_flight=cfg.max_in_flight, timeout_s=cfg.timeout_s, retries=cfg.retries,
+                   backoff_s=cfg.backoff_s, auth_token=read_secret(cfg.auth_token_file),
+                   tls_ca=Path(cfg.tls_ca_file).read_bytes() if cfg.tls_ca_file else None)
+
+    async def __aenter__(self) -> RewardClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    def _delay(self, attempt: int) -> float:
+        return self.backoff_s * 2**attempt * random.uniform(0.5, 1.5)
+
+    async def wait_ready(self, timeout_s: float = 300.0) -> None:
+        """Block until the service's health check says SERVING; TimeoutError after `timeout_s`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        request = health_pb2.HealthCheckRequest(service=SERVICE)
+        last = "no answer"
+        while loop.time() < deadline:
+            try:
+                resp = await self._health.Check(request, timeout=2.0)
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                last = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+            except grpc.aio.AioRpcError as e:
+                last = f"{e.code().name}: {e.details()}"
+            await asyncio.sleep(min(0.2, max(deadline - loop.time(), 0)))
+        raise TimeoutError(f"reward service at {self.address} not SERVING after {timeout_s:.0f} s ({last})")
+
+    async def describe(self) -> ModelCard:
+        return card_from_pb(await self._stub.Describe(pb.DescribeRequest(), timeout=self.timeout_s,
+                                                      metadata=self._metadata))
+
+    async def critique(self, sample: Sample) -> Critique:
+        """One critique (unary call, retried). Raises CritiqueError when it fails for good."""
+        request = codec.critique_request(sample)
+        async with self._slots:
+            for attempt in range(self.retries + 1):
+                try:
+                    resp = await self._stub.Critique(request, timeout=self.timeout_s, metadata=self._metadata)
+                    return codec.critique_from_pb(resp)
+                except grpc.aio.AioRpcError as e:
+                    if e.code() not in RETRYABLE or attempt == self.retries:
+                        raise CritiqueError(e.code().name, e.details() or "") from e
+                    await asyncio.sleep(self._delay(attempt))
+        raise AssertionError("unreachable")
+
+    async def stream(self, samples: Iterable[Sample] | AsyncIterable[Sample]) -> AsyncIterator[Result]:
+        """Critique every sample over CritiqueStream; yields one Result per sample, as they finish."""
+        run = _StreamRun(self, _aiter(samples))
+        driver = asyncio.create_task(run.drive())
+        try:
+            while True:
+                item = await run.out.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                run.window.release()
+                yield item
+            await driver
+        finally:
+            driver.cancel()
+            await asyncio.gather(driver, return_exceptions=True)
+
+
+class _StreamRun:
+    """State of one `RewardClient.stream` call, across reconnects."""
+
+    def __init__(self, client: RewardClient, source: AsyncIterator[Sample]):
+        self.c = client
+        self.source = source
+        self.window = asyncio.Semaphore(client.max_in_flight)  # released when the caller takes a result
+        self.ready: asyncio.Queue[tuple[Sample, int] | None] = asyncio.Queue()  # (sample, attempt) to send
+        self.out: asyncio.Queue[Result | BaseException | None] = asyncio.Queue()
+        self.unfinished = 0
+        self.source_done = False
+        self._progress = False
+        """Whether the current session got any answer (a session that did resets the failure count)."""
+
+    def _finish(self, result: Result) -> None:
+        self.out.put_nowait(result)
+        self.unfinished -= 1
+        self._maybe_close()
+
+    def _maybe_close(self) -> None:
+        if self.source_done and self.unfinished == 0:
+            self.ready.put_nowait(None)  # tells the sender to half-close the stream
+
+    async def _feed(self) -> None:
+        async for sample in self.source:
+            await self.window.acquire()
+            self.unfinished += 1
+            self.ready.put_nowait((sample, 0))
+        self.source_done = True
+        self._maybe_close()
+
+    async def _retry_later(self, sample: Sample, attempt: int) -> None:
+        await asyncio.sleep(self.c._delay(attempt - 1))
+        self.ready.put_nowait((sample, attempt))
+
+    def _settle(self, sample: Sample, attempt: int, code: str, message: str, tasks: set) -> None:
+        if code in _RETRYABLE_NAMES and attempt < self.c.retries:
+            task = asyncio.create_task(self._retry_later(sample, attempt + 1))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        else:
+            self._finish(Result(sample, error=CritiqueError(code, message)))
+
+    async def drive(self) -> None:
+        tasks: set[asyncio.Task] = set()
+        feeder = asyncio.create_task(self._feed())
+        failures = 0
+        try:
+            while True:
+                sent: dict[str, tuple[Sample, int]] = {}
+                try:
+                    if await self._session(sent, tasks):
+                        break
+                except grpc.aio.AioRpcError as e:
+                    if e.code() not in RETRYABLE | {grpc.StatusCode.CANCELLED}:
+                        raise CritiqueError(e.code().name, e.details() or "") from e
+                    code, message = "UNAVAILABLE", f"{e.code().name}: {e.details()}"
+                except _Broken as e:
+                    code, message = e.code, e.message
+                failures = failures + 1 if not self._progress else 1
+                if failures > self.c.retries:
+                    raise CritiqueError(code, f"stream failed {failures} times in a row: {message}")
+                log.warning("critique stream to %s broke (%s: %s); resending %d in flight",
+                            self.c.address, code, message, len(sent))
+                for sample, attempt in sent.values():
+                    self._settle(sample, attempt, code, message, tasks)
+                await asyncio.sleep(self.c._delay(failures - 1))
+            self.out.put_nowait(None)
+        except Exception as e:
+            self.out.put_nowait(e)
+        finally:
+            for task in [feeder, *tasks]:
+                task.cancel()
+
+    async def _session(self, sent: dict[str, tuple[Sample, int]], tasks: set) -> bool:
+        """One CritiqueStream call; True when everything is answered and the stream closed cleanly."""
+        call = self.c._stub.CritiqueStream(metadata=self.c._metadata)
+        loop = asyncio.get_running_loop()
+        last_answer = loop.time()
+        self._progress = False
+
+        async def send() -> None:
+            while (item := await self.ready.get()) is not None:
+                sample, attempt = item
+                if sample.sample_id in sent:
+                    self._finish(Result(sample, error=CritiqueError("INVALID_ARGUMENT",
+                                                                    "duplicate sample_id in flight")))
+                    continue
+                sent[sample.sample_id] = item
+                await call.write(codec.critique_request(sample))
+            await call.done_writing()
+
+        async def watchdog() -> None:
+            while not (sent and loop.time() - last_answer > self.c.timeout_s):
+                await asyncio.sleep(min(self.c.timeout_s, 1.0))
+            log.warning("no answer for %.0f s, %d in flight: reconnecting", self.c.timeout_s, len(sent))
+            call.cancel()
+
+        sender, dog = asyncio.create_task(send()), asyncio.create_task(watchdog())
+        try:
+            async for resp in call:
+                last_answer = loop.time()
+                self._progress = True
+                sample, attempt = sent.pop(resp.sample_id, (None, 0))
+                if sample is None:
+                    log.warning("answer for unknown sample_id %r ignored", resp.sample_id)
+                elif resp.HasField("error"):
+                    self._settle(sample, attempt, resp.error.code, resp.error.message, tasks)
+                else:
+                    try:
+                        self._finish(Result(sample, critique=codec.critique_from_pb(resp)))
+                    except ValueError as e:
+                        self._finish(Result(sample, error=CritiqueError("INVALID_RESPONSE", str(e))))
+            if sender.done() and not sender.cancelled() and sender.exception() is None and not sent:
+                return True
+            raise _Broken("UNAVAILABLE", "stream ended before every sample was answered")
+        except asyncio.CancelledError:
+            if dog.done():  # our watchdog cancelled a stalled stream: retry, do not give up
+                raise _Broken("DEADLINE_EXCEEDED", f"no answer within {self.c.timeout_s} s") from None
+            raise
+        finally:
+            sender.cancel()
+            dog.cancel()
+            await asyncio.gather(sender, dog, return_exceptions=True)
+            call.cancel()
+
+
+class _Broken(Exception):
+    """A stream session that ended early; what was in flight is resent (retryable `code`)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message

@@ -1,0 +1,279 @@
+"""The gRPC service `ixt.v1.RewardModel` over any critic `Backend`.
+
+The contract (see protos/ixt/v1/ixt.proto): malformed requests get INVALID_ARGUMENT with a reason
+(on the stream: that item gets `error`, the stream goes on); more than `max_concurrent_requests`
+items in flight get RESOURCE_EXHAUSTED instead of an unbounded queue; a unary call stops at its
+deadline; nothing a caller sends can crash the server (backend failures become INTERNAL, transient
+ones UNAVAILABLE). Health (`grpc.health.v1`) says SERVING once the server runs, which is after the
+backend was built; server reflection is on (grpcurl can list and call it). Optional bearer-token
+auth and TLS live in `security.py`.
+Left out: per-caller quotas, request priorities, a queue in front of the backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import Counter, Gauge, Histogram
+
+from ixt_stream.config import RewardConfig
+from ixt_stream.critique.backend import Backend, BackendUnavailable, InvalidRequest, ModelCard
+from ixt_stream.critique.security import BearerAuth, check_exposure, read_secret, server_credentials
+from ixt_stream.types import Sample
+from ixt_stream.wire import codec
+from ixt_stream.wire.ixt.v1 import ixt_pb2 as pb
+from ixt_stream.wire.ixt.v1 import ixt_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE = pb.DESCRIPTOR.services_by_name["RewardModel"].full_name
+MAX_SAMPLE_ID_BYTES = 256
+ANSWERED = Counter("ixt_reward_answered", "Critique items answered, by rpc and status code", ["rpc", "code"])
+LATENCY = Histogram("ixt_reward_latency_seconds", "Backend time per critique item",
+                    buckets=(0.001, 0.005, 0.02, 0.1, 0.5, 2, 10, 60))
+IN_FLIGHT = Gauge("ixt_reward_in_flight", "Critique items being judged")
+
+
+class Fail(Exception):
+    """A request-level failure: becomes a gRPC status (unary) or an item `error` (stream)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def to_sample(req: pb.CritiqueRequest, max_field_bytes: int) -> Sample:
+    """Validate a request and turn it into a Sample; raises Fail(INVALID_ARGUMENT) with the reason."""
+
+    def bad(why: str) -> Fail:
+        return Fail(grpc.StatusCode.INVALID_ARGUMENT, why)
+
+    if not req.sample_id:
+        raise bad("sample_id is required")
+    if len(req.sample_id.encode()) > MAX_SAMPLE_ID_BYTES:
+        raise bad(f"sample_id is longer than {MAX_SAMPLE_ID_BYTES} bytes")
+    if not req.response.strip():
+        raise bad(f"{req.sample_id}: response is empty")
+    sizes = {"prompt": len(req.prompt.encode()), "response": len(req.response.encode()),
+             "reference_answer": len(req.reference_answer.encode()), "task": len(req.task.encode()),
+             "metadata": sum(len(k.encode()) + len(v.encode()) for k, v in req.metadata.items())}
+    for name, size in sizes.items():
+        if size > max_field_bytes:
+            raise bad(f"{req.sample_id}: {name} has {size} bytes, more than the {max_field_bytes} accepted")
+    if "entry" in req.metadata:
+        try:
+            entry = json.loads(req.metadata["entry"])
+        except json.JSONDecodeError as e:
+            raise bad(f"{req.sample_id}: metadata['entry'] is not valid JSON ({e})") from e
+        if not isinstance(entry, dict):
+            raise bad(f"{req.sample_id}: metadata['entry'] must be a JSON object")
+    return Sample(sample_id=req.sample_id, prompt=req.prompt, response=req.response, task=req.task,
+                  reference_answer=req.reference_answer, metadata=dict(req.metadata))
+
+
+def card_to_pb(card: ModelCard) -> pb.ModelCard:
+    return pb.ModelCard(name=card.name, backend=card.backend, model_id=card.model_id,
+                        feedback_format=card.feedback_format, score_min=card.score_min,
+                        score_max=card.score_max, labels=[int(x) for x in card.labels], tasks=card.tasks,
+                        max_response_bytes=card.max_response_bytes)
+
+
+class RewardServicer(pb_grpc.RewardModelServicer):
+    def __init__(self, backend: Backend, max_response_bytes: int, max_concurrent_requests: int):
+        self.backend = backend
+        self.max_response_bytes = max_response_bytes
+        self.max_concurrent = max_concurrent_requests
+        self.in_flight = 0
+        self.answered = 0
+        self.failed = 0
+        self.busy_s = 0.0
+        """Totals for status reports: items answered / failed, backend seconds spent."""
+        card = backend.card()
+        card.max_response_bytes = max_response_bytes
+        self.card = card
+
+    async def _judge(self, req: pb.CritiqueRequest) -> pb.CritiqueResponse:
+        sample = to_sample(req, self.max_response_bytes)
+        if self.in_flight >= self.max_concurrent:
+            raise Fail(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                       f"{self.max_concurrent} critiques already in flight; retry with backoff")
+        self.in_flight += 1
+        IN_FLIGHT.inc()
+        t0 = time.perf_counter()
+        try:
+            critique = await self.backend.critique(sample)
+            self.answered += 1
+        except InvalidRequest as e:
+            raise Fail(grpc.StatusCode.INVALID_ARGUMENT, f"{req.sample_id}: {e}") from e
+        except BackendUnavailable as e:
+            raise Fail(grpc.StatusCode.UNAVAILABLE, str(e)) from e
+        except Exception as e:  # never let a backend bug take the server down
+            log.exception("critic failed on %s", req.sample_id)
+            raise Fail(grpc.StatusCode.INTERNAL, f"critic failed: {type(e).__name__}: {e}") from e
+        finally:
+            self.in_flight -= 1
+            IN_FLIGHT.dec()
+            self.busy_s += time.perf_counter() - t0
+        if not math.isfinite(critique.score) or not 0.0 <= critique.score <= 1.0:
+            raise Fail(grpc.StatusCode.INTERNAL, f"critic returned score {critique.score} outside [0, 1]")
+        elapsed = time.perf_counter() - t0
+        LATENCY.observe(elapsed)
+        critique.sample_id = req.sample_id
+        critique.latency_ms = elapsed * 1e3
+        critique.model_id = critique.model_id or self.card.model_id or self.card.backend
+        return codec.critique_to_pb(critique)
+
+    async def Critique(self, request, context):
+        try:
+            resp = await asyncio.wait_for(self._judge(request), context.time_remaining())
+        except Fail as f:
+            self.failed += 1
+            ANSWERED.labels("Critique", f.code.name).inc()
+            await context.abort(f.code, f.message)
+        except TimeoutError:
+            ANSWERED.labels("Critique", "DEADLINE_EXCEEDED").inc()
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed while judging")
+        ANSWERED.labels("Critique", "OK").inc()
+        return resp
+
+    async def CritiqueStream(self, request_iterator, context):
+        """Items are judged concurrently; answers go back as they finish (match by sample_id)."""
+        out: asyncio.Queue[pb.CritiqueResponse | None] = asyncio.Queue()
+        tasks: set[asyncio.Task] = set()
+
+        async def answer(req: pb.CritiqueRequest) -> None:
+            try:
+                resp = await self._judge(req)
+                ANSWERED.labels("CritiqueStream", "OK").inc()
+            except Fail as f:
+                self.failed += 1
+                ANSWERED.labels("CritiqueStream", f.code.name).inc()
+                resp = pb.CritiqueResponse(sample_id=req.sample_id, error=pb.Error(code=f.code.name,
+                                                                                   message=f.message))
+            out.put_nowait(resp)
+
+        async def read() -> None:
+            try:
+                async for req in request_iterator:
+                    task = asyncio.create_task(answer(req))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                await asyncio.gather(*tasks)
+            finally:
+                out.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (resp := await out.get()) is not None:
+                yield resp
+            await reader
+        finally:
+            for task in [reader, *tasks]:
+                task.cancel()
+
+    async def Describe(self, request, context):
+        return card_to_pb(self.card)
+
+
+class RewardServer:
+    """The service, bound and started by `start()`, stopped (with a grace period) by `stop()`.
+
+    Args:
+        backend: a built critic; `stop()` closes it.
+        port: 0 picks a free port (see `self.port` after `start()`).
+        auth_token: if set, every call but health checks needs `authorization: Bearer <token>`.
+        tls_cert, tls_key: PEM bytes; both set = TLS.
+    """
+
+    def __init__(self, backend: Backend, host: str = "127.0.0.1", port: int = 0, *,
+                 max_message_bytes: int = 4 << 20, max_response_bytes: int = 64 << 10,
+                 max_concurrent_requests: int = 256, auth_token: str = "", tls_cert: bytes | None = None,
+                 tls_key: bytes | None = None, grace_s: float = 5.0):
+        check_exposure(host, auth_token)
+        self.backend = backend
+        self.host, self.port = host, port
+        self.grace_s = grace_s
+        self.servicer = RewardServicer(backend, max_response_bytes, max_concurrent_requests)
+        self.health = health.aio.HealthServicer()
+        self._credentials = server_credentials(tls_cert, tls_key)
+        self._interceptors = [BearerAuth(auth_token)] if auth_token else None
+        self._options = [("grpc.max_receive_message_length", max_message_bytes),
+                         ("grpc.max_send_message_length", max_message_bytes)]
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> int:
+        self._server = grpc.aio.server(interceptors=self._interceptors, options=self._options)
+        pb_grpc.add_RewardModelServicer_to_server(self.servicer, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self._server)
+        address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        if self._credentials is not None:
+            self.port = self._server.add_secure_port(address, self._credentials)
+        else:
+            self.port = self._server.add_insecure_port(address)
+        await self._server.start()
+        for name in ("", SERVICE):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("reward service (%s) on %s:%d", self.servicer.card.backend, self.host, self.port)
+        return self.port
+
+    async def stop(self) -> None:
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(self.grace_s)
+        await self.backend.aclose()
+
+
+async def _report(servicer: RewardServicer, status: Callable[[dict], None], every_s: float) -> None:
+    last, t_last = 0, time.perf_counter()
+    while True:
+        await asyncio.sleep(every_s)
+        now = time.perf_counter()
+        done = servicer.answered
+        status({"backend": servicer.card.backend, "critiques": done, "failed": servicer.failed,
+                "in_flight": servicer.in_flight, "critiques_per_s": (done - last) / (now - t_last),
+                "mean_latency_ms": 1e3 * servicer.busy_s / max(done + servicer.failed, 1)})
+        last, t_last = done, now
+
+
+async def serve(backend: Backend, cfg: RewardConfig, status: Callable[[dict], None] | None = None,
+                status_every_s: float = 5.0) -> None:
+    """Run the service from config until SIGINT or SIGTERM, then stop with a grace period.
+
+    `status`, if given, receives a flat dict of counters every `status_every_s` seconds.
+    """
+    server = reporter = None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        server = RewardServer(
+            backend, cfg.host, cfg.port, max_message_bytes=cfg.max_message_bytes,
+            max_response_bytes=cfg.max_response_bytes, max_concurrent_requests=cfg.max_concurrent_requests,
+            auth_token=read_secret(cfg.auth_token_file), grace_s=cfg.grace_s,
+            tls_cert=Path(cfg.tls_cert_file).read_bytes() if cfg.tls_cert_file else None,
+            tls_key=Path(cfg.tls_key_file).read_bytes() if cfg.tls_key_file else None,
+        )
+        await server.start()
+        if status is not None:
+            reporter = asyncio.create_task(_report(server.servicer, status, status_every_s))
+        await stop.wait()
+        log.info("stopping (grace %.1f s)", cfg.grace_s)
+    finally:
+        if reporter is not None:
+            reporter.cancel()
+        await (server.stop() if server is not None else backend.aclose())

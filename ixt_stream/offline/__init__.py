@@ -1,0 +1,1 @@
+"""The offline path: annotate a dataset with critiques -> train on it -> evaluate."""

@@ -1,0 +1,274 @@
+"""`ixt annotate [overrides]`: stream a dataset through the reward service into annotated JSONL.
+
+Sources (`annotate.source`):
+  - jsonl: `annotate.input` holds {"prompt", "response", "task"?, "answer"?, "metadata"?, "id"?}
+    pairs or {"text", "id"?} raw documents.
+  - tasks: reasoning-gym prompts (`task.*`) with `generator.samples_per_prompt` responses each,
+    sampled from the policy model with vLLM (`annotate.responses=policy`) or written by
+    `synthetic.py` with controlled error types (`annotate.responses=synthetic`).
+Every sample goes through `RewardClient.stream` (bounded in flight, retried); each critique is
+appended to `annotate.output` as one JSON line (the sample's fields + the critique's) and flushed.
+A rerun resumes: ids already in the output are skipped, and a half-written last line (a kill
+mid-write) is cut off first, so after any crash every id ends up in the file exactly once.
+Left out: sharding over several reward services, dataset formats other than JSONL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from ixt_stream.config import ConfigError, IxtConfig, load
+from ixt_stream.types import Critique, Label, Sample
+
+log = logging.getLogger("ixt.annotate")
+
+_SAMPLE_FIELDS = {f.name for f in fields(Sample)}
+
+
+# -- the annotated JSONL ----------------------------------------------------------------------
+
+
+def annotated_row(sample: Sample, critique: Critique) -> dict:
+    """One output line: every Sample field, then the critique's (label as its word)."""
+    return {**asdict(sample), "critique": critique.critique, "score": critique.score,
+            "label": critique.label.word, "thinking": critique.thinking, "model_id": critique.model_id,
+            "latency_ms": critique.latency_ms}
+
+
+def read_annotated(path: str | Path) -> Iterator[tuple[Sample, Critique]]:
+    """The (Sample, Critique) pairs of an annotated JSONL (skips a half-written last line)."""
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            sample = Sample(**{k: v for k, v in row.items() if k in _SAMPLE_FIELDS})
+            yield sample, Critique(sample_id=sample.sample_id, critique=row["critique"], score=row["score"],
+                                   label=Label[row["label"].upper()], thinking=row.get("thinking", ""),
+                                   model_id=row.get("model_id", ""), latency_ms=row.get("latency_ms", 0.0))
+
+
+def prepare_output(path: Path) -> set[str]:
+    """Cut a half-written last line off `path` and return the sample ids it already holds."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return set()
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        log.warning("%s ends in a half-written line (%d bytes): cutting it off", path, len(data) - keep)
+        with path.open("r+b") as f:
+            f.truncate(keep)
+        data = data[:keep]
+    done = set()
+    for line in data.splitlines():
+        try:
+            done.add(json.loads(line)["sample_id"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    return done
+
+
+# -- sources ----------------------------------------------------------------------------------
+
+
+def jsonl_samples(path: str, limit: int = 0) -> Iterator[Sample]:
+    """Prompt/response pairs or {"text"} documents from a JSONL file (the first `limit`; 0 = all)."""
+    stem = Path(path).stem
+    with open(path) as f:
+        for i, line in enumerate(f):
+            if limit and i >= limit:
+                return
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            metadata = {k: v if isinstance(v, str) else json.dumps(v)
+                        for k, v in row.get("metadata", {}).items()}
+            yield Sample(
+                sample_id=str(row.get("id", row.get("sample_id", f"{stem}-{i}"))),
+                prompt=row.get("prompt", ""),
+                response=row["text"] if "text" in row else row["response"],
+                task=row.get("task", ""),
+                reference_answer=str(row.get("answer", row.get("reference_answer", ""))),
+                metadata=metadata,
+            )
+
+
+def _prompts(cfg: IxtConfig, num_samples: int) -> list[tuple[object, list[int]]]:
+    """The task prompts behind `num_samples` samples, each with its sample indices (k, or fewer last)."""
+    import itertools
+
+    from ixt_stream import tasks
+
+    k = cfg.generator.samples_per_prompt
+    prompts = itertools.islice(tasks.train_prompts(cfg.task), math.ceil(num_samples / k))
+    return [(p, [j for j in range(k) if i * k + j < num_samples]) for i, p in enumerate(prompts)]
+
+
+def _sample(prompt, j: int, response: str, **extra) -> Sample:
+    return Sample(sample_id=f"{prompt.prompt_id}-{j}", prompt=prompt.prompt, response=response,
+                  task=prompt.task, reference_answer=prompt.answer, prompt_id=prompt.prompt_id,
+                  generator_id="annotate", created_at=time.time(),
+                  metadata={"entry": prompt.metadata_json, **extra.pop("metadata", {})}, **extra)
+
+
+def synthetic_task_samples(cfg: IxtConfig, num_samples: int) -> Iterator[Sample]:
+    """reasoning-gym prompts with synthetic responses of known error types (deterministic)."""
+    from ixt_stream.offline.synthetic import synthetic_response
+
+    for p, js in _prompts(cfg, num_samples):
+        for j in js:
+            sample_id = f"{p.prompt_id}-{j}"
+            kind, text = synthetic_response(p.prompt, p.answer, seed=f"{cfg.run.seed}:{sample_id}")
+            yield _sample(p, j, text, metadata={"synthetic": kind})
+
+
+async def policy_task_samples(cfg: IxtConfig, num_samples: int, done: set[str]) -> AsyncIterator[Sample]:
+    """reasoning-gym prompts answered by the policy model on in-process vLLM (k samples each).
+
+    Prompts whose samples are all done are not generated again; generation runs on a worker
+    thread so critiques of the previous chunk stream while the next one is sampled.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ixt_stream import models
+    from ixt_stream.condition.format import Conditioner
+    from ixt_stream.sample.engine import Engine
+
+    k, g = cfg.generator.samples_per_prompt, cfg.generator
+    todo = [(p, js) for p, js in _prompts(cfg, num_samples)
+            if any(f"{p.prompt_id}-{j}" not in done for j in js)]
+    if not todo:
+        return
+    model_dir = models.resolve(cfg.model)
+    cond = Conditioner(models.load_tokenizer(model_dir), mode="none")
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(1, thread_name_prefix="annotate-vllm") as pool:  # the engine lives on one thread
+        engine = await loop.run_in_executor(pool, lambda: Engine(
+            model_dir, dtype=g.dtype, max_model_len=cfg.condition.max_seq_len, kv_cache_gib=g.kv_cache_gib,
+            threads=g.threads, seed=cfg.run.seed))
+        chunk = max(g.prompts_per_request, 1)
+        for start in range(0, len(todo), chunk):
+            batch = todo[start:start + chunk]
+            ids = [cond.inference_ids(p.prompt, "none") for p, _ in batch]
+            outs = await loop.run_in_executor(pool, lambda ids=ids: engine.generate(
+                ids, n=k, max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
+                seed=cfg.run.seed))
+            for (p, js), completions in zip(batch, outs, strict=True):
+                for j in js:
+                    text = completions[j].text
+                    if not text.strip():  # an empty response cannot be critiqued
+                        log.info("%s-%d: empty response, not annotated", p.prompt_id, j)
+                        continue
+                    yield _sample(p, j, text, num_response_tokens=len(completions[j].token_ids))
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Stats:
+    written: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    labels: Counter = field(default_factory=Counter)
+
+    @property
+    def critiques_per_s(self) -> float:
+        return self.written / self.seconds if self.seconds > 0 else 0.0
+
+
+async def annotate(samples, client, output: Path, done: set[str]) -> Stats:
+    """Critique `samples` (sync or async iterable) not in `done`; append one line per critique."""
+    stats = Stats()
+
+    async def todo() -> AsyncIterator[Sample]:
+        async for s in _aiter(samples):
+            if s.sample_id in done:
+                stats.skipped += 1
+            else:
+                done.add(s.sample_id)  # a duplicate id in the source is critiqued once
+                yield s
+
+    t0 = time.perf_counter()
+    with output.open("a") as out:
+        async for result in client.stream(todo()):
+            if result.error is not None:
+                stats.failed += 1
+                log.warning("%s: %s", result.sample.sample_id, result.error)
+                continue
+            out.write(json.dumps(annotated_row(result.sample, result.critique)) + "\n")
+            out.flush()
+            stats.written += 1
+            stats.labels[result.critique.label.word] += 1
+    stats.seconds = time.perf_counter() - t0
+    return stats
+
+
+async def _aiter(samples) -> AsyncIterator[Sample]:
+    if hasattr(samples, "__aiter__"):
+        async for s in samples:
+            yield s
+    else:
+        for s in samples:
+            yield s
+
+
+def source(cfg: IxtConfig, done: set[str]) -> Iterable[Sample] | AsyncIterator[Sample]:
+    a = cfg.annotate
+    if a.source == "jsonl":
+        if not a.input:
+            raise ConfigError("annotate.input: source=jsonl needs an input JSONL file")
+        return jsonl_samples(a.input, a.num_samples)
+    if a.source != "tasks":
+        raise ConfigError(f"annotate.source: {a.source!r} is not tasks or jsonl")
+    if a.responses == "synthetic":
+        return synthetic_task_samples(cfg, a.num_samples)
+    if a.responses == "policy":
+        return policy_task_samples(cfg, a.num_samples, done)
+    raise ConfigError(f"annotate.responses: {a.responses!r} is not policy or synthetic")
+
+
+async def run_async(cfg: IxtConfig) -> Stats:
+    from ixt_stream.critique.client import RewardClient
+
+    output = Path(cfg.annotate.output)
+    done = prepare_output(output)
+    samples = source(cfg, done)
+    async with RewardClient.from_config(cfg.client) as client:
+        await client.wait_ready(cfg.client.ready_timeout_s)
+        card = await client.describe()
+        log.info("critic: %s (%s %s); %d samples already in %s", card.name, card.backend, card.model_id,
+                 len(done), output)
+        return await annotate(samples, client, output, done)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = load(list(sys.argv[1:] if argv is None else argv))
+    except ConfigError as e:
+        sys.stderr.write(f"config error: {e}\n")
+        return 2
+    logging.basicConfig(level=cfg.run.log_level, format="%(asctime)s %(levelname)s annotate: %(message)s")
+    import uvloop
+
+    stats = uvloop.run(run_async(cfg))
+    print(f"annotated {stats.written} samples ({stats.skipped} already done, {stats.failed} failed) in "
+          f"{stats.seconds:.1f} s: {stats.critiques_per_s:.1f} critiques/s; labels {dict(stats.labels)} "
+          f"-> {cfg.annotate.output}")
+    return 1 if stats.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

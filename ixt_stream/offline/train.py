@@ -1,0 +1,193 @@
+"""`ixt train [overrides]`: fine-tune on an annotated JSONL with the DeepSpeed learner.
+
+IXT (`condition.mode=critique|label`): every sample, good or bad, is trained as
+[feedback][prompt][response] with loss on the response only, so the model learns what a response
+*given* its feedback looks like. Baseline (`condition.mode=none`): the same samples and the same
+loop, without the feedback prefix. Each epoch reshuffles the samples (seeded), re-draws feedback
+dropout, and packs them into token-budget batches; one batch is one optimizer step.
+
+Writes: the model as an HF folder in `train.output_dir` (+ `ixt_condition.json`, the format it
+was trained on, which `ixt eval` reads), metrics to `run.run_dir/metrics/train.jsonl`, and
+DeepSpeed checkpoints to `run.run_dir/checkpoints/train` (`train.resume=true` continues from the
+latest one; the batch order is a function of the seed, so resuming skips exactly the batches
+already consumed).
+
+Left out: several ranks (data would need sharding per rank), a held-out loss during training
+(`ixt eval` measures accuracy, which is what matters), filtering samples by label.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict, fields
+from pathlib import Path
+
+from ixt_stream.config import ConditionConfig, ConfigError, IxtConfig, load
+from ixt_stream.types import ConditionedSample, Critique, Label, Sample
+
+log = logging.getLogger("ixt.train")
+
+CONDITION_FILE = "ixt_condition.json"
+"""Written next to the trained weights: the ConditionConfig the model was trained under."""
+
+_SAMPLE_FIELDS = {f.name for f in fields(Sample)}
+
+
+# -- the annotated JSONL ----------------------------------------------------------------------
+
+
+def _label(value: int | str) -> Label:
+    """A label written as its number (3), its word ("good") or its enum name ("GOOD")."""
+    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+        return Label(int(value))
+    return Label[value.upper()]
+
+
+def read_annotated(path: str | Path) -> list[tuple[Sample, Critique | None]]:
+    """(Sample, Critique) pairs from the lines `ixt annotate` writes.
+
+    A line holds the Sample fields plus the critique fields (`critique`, `score`, `label` as an
+    int or a name, `thinking`, `model_id`, `latency_ms`); unknown keys are ignored. A line without
+    a `label` gives a sample with no critique (trained without feedback). Blank lines and a
+    half-written last line (an annotate run killed mid-write) are skipped; a broken line anywhere
+    else raises ValueError naming it.
+    """
+    lines = Path(path).read_text().splitlines()
+    out = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                log.warning("%s:%d: skipping a half-written last line", path, number)
+                continue
+            raise ValueError(f"{path}:{number}: not a JSON line") from None
+        try:
+            sample = Sample(**{k: v for k, v in row.items() if k in _SAMPLE_FIELDS})
+            critique = None
+            if "label" in row:
+                critique = Critique(
+                    sample_id=sample.sample_id, critique=row.get("critique", ""),
+                    score=float(row.get("score", 0.0)), label=_label(row["label"]),
+                    thinking=row.get("thinking", ""), model_id=row.get("model_id", ""),
+                    latency_ms=float(row.get("latency_ms", 0.0)),
+                )
+        except (TypeError, ValueError, KeyError) as e:
+            raise ValueError(f"{path}:{number}: {e!r}") from e
+        out.append((sample, critique))
+    return out
+
+
+def build_conditioner(tokenizer, cond: ConditionConfig, seed: int = 0):
+    """The Conditioner a ConditionConfig describes (training and eval build it the same way)."""
+    from ixt_stream.condition.format import Conditioner
+
+    return Conditioner(
+        tokenizer, mode=cond.mode, feedback_dropout=cond.feedback_dropout,
+        max_feedback_tokens=cond.max_feedback_tokens, max_seq_len=cond.max_seq_len,
+        positive_critique=cond.positive_critique, negative_critique=cond.negative_critique, seed=seed,
+    )
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+def epoch_batches(
+    rows: list[tuple[Sample, Critique | None]], conditioner, epochs: int, seed: int,
+    tokens_per_batch: int, max_samples: int,
+) -> Iterator[tuple[int, list[ConditionedSample]]]:
+    """(epoch, group) for the whole run, in an order fixed by `seed`."""
+    from ixt_stream.batch.collate import pack
+
+    for epoch in range(epochs):
+        order = list(rows)
+        random.Random(seed + epoch).shuffle(order)
+        for group in pack((conditioner.condition(s, c) for s, c in order), tokens_per_batch, max_samples):
+            yield epoch, group
+
+
+def train(cfg: IxtConfig) -> dict[str, float]:
+    """Train per `cfg`; returns the run summary (steps, skipped, tokens, tokens/s, last loss)."""
+    from ixt_stream import models
+    from ixt_stream.batch.collate import collate
+    from ixt_stream.metrics import MetricsSink
+    from ixt_stream.update.learner import Learner
+
+    lc = cfg.learner
+    model_dir = models.resolve(cfg.model)
+    tokenizer = models.load_tokenizer(model_dir)
+    conditioner = build_conditioner(tokenizer, cfg.condition, seed=cfg.run.seed)
+    rows = read_annotated(cfg.train.data)
+    if not rows:
+        raise ConfigError(f"train.data: {cfg.train.data} holds no samples")
+    with_feedback = sum(c is not None for _, c in rows)
+    log.info("%d samples (%d with a critique) from %s; mode %s; model %s", len(rows), with_feedback,
+             cfg.train.data, cfg.condition.mode, model_dir)
+
+    learner = Learner.from_config(model_dir, lc)
+    checkpoints = Path(cfg.run.run_dir) / "checkpoints" / "train"
+    consumed = 0
+    if cfg.train.resume and (checkpoints / "latest").exists():
+        learner.load_checkpoint(checkpoints)
+        consumed = learner.step + learner.skipped_steps
+        log.info("resumed at step %d (%d batches consumed)", learner.step, consumed)
+
+    sink = MetricsSink(cfg.run.run_dir, "train", tensorboard=cfg.run.tensorboard)
+    tokens, seconds, last = 0, 0.0, {}
+    batches = epoch_batches(rows, conditioner, lc.epochs, cfg.run.seed, lc.tokens_per_batch,
+                            lc.max_samples_per_batch)
+    try:
+        for index, (epoch, group) in enumerate(batches):
+            if index < consumed:
+                continue
+            if lc.max_steps and learner.step >= lc.max_steps:
+                break
+            last = learner.train_step(collate(group, tokenizer.pad_token_id))
+            last["train/epoch"] = float(epoch)
+            tokens += int(last["train/tokens"])
+            seconds += last["train/step_s"]
+            if learner.step % lc.log_every == 0 or not last["train/applied"]:
+                sink.log(last, step=learner.step)
+                log.info("step %d epoch %d loss %.4f lr %.2e tokens %d %.0f tok/s", learner.step, epoch,
+                         last["train/loss"], last["train/lr"], last["train/tokens"],
+                         last["train/tokens_per_s"])
+            if lc.save_every and last["train/applied"] and learner.step % lc.save_every == 0:
+                learner.save_checkpoint(checkpoints)
+    finally:
+        sink.close()
+
+    learner.save_checkpoint(checkpoints)
+    out = learner.save_hf(cfg.train.output_dir)
+    (out / CONDITION_FILE).write_text(json.dumps(asdict(cfg.condition), indent=2))
+    summary = {"train/steps": float(learner.step), "train/skipped_steps": float(learner.skipped_steps),
+               "train/tokens_total": float(tokens), "train/seconds": seconds,
+               "train/mean_tokens_per_s": tokens / seconds if seconds else 0.0,
+               "train/last_loss": last.get("train/loss", float("nan"))}
+    log.info("done: %s -> %s", {k: round(v, 4) for k, v in summary.items()}, out)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = load(list(sys.argv[1:] if argv is None else argv))
+    except ConfigError as e:
+        sys.stderr.write(f"config error: {e}\n")
+        return 2
+    logging.basicConfig(level=cfg.run.log_level, format="%(asctime)s %(levelname)s train: %(message)s")
+    try:
+        summary = train(cfg)
+    except ConfigError as e:
+        sys.stderr.write(f"config error: {e}\n")
+        return 2
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Stage 5: the IXT loss (pure torch) and the DeepSpeed learner that applies it."""

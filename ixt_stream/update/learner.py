@@ -1,0 +1,262 @@
+"""The DeepSpeed learner: one engine, one `train_step(batch)` per optimizer step.
+
+Built from plain parameters, so `ixt train` and the online loop construct it the same way
+(`Learner.from_config` is the one bridge from `LearnerConfig`). The API the loops use:
+
+    learner = Learner(model_dir, zero_stage=0, dtype="bf16", lr=1e-5)
+    metrics = learner.train_step(collate(group, pad_id))   # flat dict, `train/...` keys
+    weights = learner.full_state_dict()                    # every N steps, to publish
+    learner.save_hf(folder); learner.save_checkpoint(folder); learner.load_checkpoint(folder)
+
+Choices:
+- One process by default. DeepSpeed without a launcher looks for MPI unless RANK, WORLD_SIZE,
+  MASTER_ADDR, ... are set; missing ones are filled in for a single rank (a free MASTER_PORT).
+  Under torchrun / the deepspeed launcher it runs data-parallel, but giving each rank its own
+  data is the caller's job.
+- "bf16" is DeepSpeed's bf16 mode: the module computes in bf16, the optimizer keeps fp32 master
+  weights. DeepSpeed casts the module to bf16 before copying the masters, so training starts
+  from the bf16-rounded checkpoint. "fp32" is fp32 throughout.
+- The optimizer is torch.optim.AdamW handed to DeepSpeed as a client optimizer: DeepSpeed's own
+  cpu_adam / FusedAdam would JIT-compile for minutes on first use.
+- The learning rate is set by hand each step from `step` (linear warmup, then constant), as
+  nanoGPT does: no scheduler object, so resuming needs nothing but the step.
+- A step whose loss or gradient norm is NaN/inf changes no weight, optimizer state or learning
+  rate; it is counted in `skipped_steps`. The loss is checked before backward. Gradients are
+  checked by DeepSpeed's optimizer for bf16 and for every ZeRO stage (`was_step_applied`), and
+  here for ZeRO-0 fp32, where DeepSpeed passes them unchecked to the torch optimizer.
+
+Left out: gradient accumulation (a step is one token-budget batch), activation checkpointing,
+optimizer offload, LoRA, a decaying LR schedule.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import time
+from pathlib import Path
+
+import torch
+
+from ixt_stream.batch.collate import TensorBatch
+from ixt_stream.config import LearnerConfig
+from ixt_stream.update.loss import token_loss
+
+log = logging.getLogger(__name__)
+
+
+def _single_process_env() -> None:
+    """Fill in the launcher's variables for one rank, so DeepSpeed uses gloo instead of MPI."""
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
+                       ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(key, value)
+    if "MASTER_PORT" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def deepspeed_config(zero_stage: int, dtype: str, grad_clip: float) -> dict:
+    """The DeepSpeed config: one micro-batch per step (its size varies; DeepSpeed only counts it)."""
+    return {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": grad_clip,
+        "zero_optimization": {"stage": zero_stage},
+        "bf16": {"enabled": dtype == "bf16"},
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+
+
+class Learner:
+    """A causal LM under a DeepSpeed engine, trained with the IXT loss.
+
+    Args:
+        model_dir: Hugging Face model folder (weights loaded in fp32).
+        zero_stage: 0 | 1 | 2 | 3.
+        dtype: "bf16" (bf16 compute, fp32 master weights) | "fp32".
+        lr: peak AdamW learning rate, reached after `warmup_steps` (linear from lr / warmup_steps).
+        weight_decay: AdamW decoupled weight decay.
+        warmup_steps: optimizer steps of linear warmup (0 = constant lr).
+        grad_clip: global gradient-norm clip (0 = off).
+        threads: torch intra-op threads for this process (0 = leave torch's setting).
+    """
+
+    def __init__(
+        self,
+        model_dir: str,
+        *,
+        zero_stage: int = 0,
+        dtype: str = "bf16",
+        lr: float = 1e-5,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        grad_clip: float = 1.0,
+        threads: int = 1,
+    ):
+        if dtype not in ("bf16", "fp32"):
+            raise ValueError(f"dtype must be bf16 or fp32, not {dtype!r}")
+        _single_process_env()
+        if threads > 0:
+            torch.set_num_threads(threads)
+        import deepspeed
+        from transformers import AutoModelForCausalLM
+
+        # DeepSpeed's INFO log prints its whole config at every initialize; keep its warnings.
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        self.model_dir = model_dir
+        self.zero_stage = zero_stage
+        self.dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+        """The compute dtype of the module (master weights are always fp32)."""
+        self.peak_lr = lr
+        self.warmup_steps = warmup_steps
+        self.step = 0
+        """Optimizer updates applied so far (skipped steps excluded)."""
+        self.skipped_steps = 0
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        self._optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        self.engine, *_ = deepspeed.initialize(
+            model=model, optimizer=self._optimizer,
+            config=deepspeed_config(zero_stage, dtype, grad_clip),
+        )
+        self._check_grads_here = zero_stage == 0 and dtype == "fp32"
+
+    @classmethod
+    def from_config(cls, model_dir: str, cfg: LearnerConfig) -> Learner:
+        return cls(model_dir, zero_stage=cfg.zero_stage, dtype=cfg.dtype, lr=cfg.lr,
+                   weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
+                   grad_clip=cfg.grad_clip, threads=cfg.threads)
+
+    def lr_at(self, step: int) -> float:
+        """Linear warmup over `warmup_steps`, then the peak lr."""
+        if step >= self.warmup_steps:
+            return self.peak_lr
+        return self.peak_lr * (step + 1) / self.warmup_steps
+
+    # -- training ---------------------------------------------------------------------------------
+
+    def train_step(self, batch: TensorBatch) -> dict[str, float]:
+        """Forward, backward and one optimizer update on `batch`, unless it is not finite.
+
+        Returns flat metrics: train/step (after this call), train/applied (1 or 0),
+        train/skipped_steps, train/loss, train/loss_tokens, train/tokens (unpadded),
+        train/padded_tokens, train/samples, train/grad_norm, train/lr, train/step_s,
+        train/tokens_per_s.
+        """
+        t0 = time.perf_counter()
+        lr = self.lr_at(self.step)
+        for group in self._optimizer.param_groups:
+            group["lr"] = lr
+        on_device = batch.to(self.engine.device)
+        self.engine.train()
+        logits = self.engine(input_ids=on_device.input_ids, attention_mask=on_device.attention_mask,
+                             use_cache=False).logits
+        loss, stats = token_loss(logits, on_device.targets)
+        del logits
+        grad_norm = math.nan
+        applied = math.isfinite(stats["loss/mean"]) and stats["loss/tokens"] > 0
+        if applied:
+            self.engine.backward(loss)
+            if self._check_grads_here:
+                grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+                grad_norm = float(torch.nn.utils.get_total_norm(grads))
+                applied = math.isfinite(grad_norm)
+            if applied:
+                self.engine.step()
+                applied = self.engine.was_step_applied()
+                norm = self.engine.get_global_grad_norm()
+                if not self._check_grads_here and norm is not None:
+                    grad_norm = float(norm)
+            else:
+                self.engine.zero_grad()
+        if applied:
+            self.step += 1
+        else:
+            self.skipped_steps += 1
+            log.warning("step %d skipped: loss %s, grad norm %s", self.step, stats["loss/mean"], grad_norm)
+        seconds = time.perf_counter() - t0
+        return {
+            "train/step": float(self.step),
+            "train/applied": float(applied),
+            "train/skipped_steps": float(self.skipped_steps),
+            "train/loss": stats["loss/mean"],
+            "train/loss_tokens": stats["loss/tokens"],
+            "train/tokens": float(batch.num_tokens),
+            "train/padded_tokens": float(batch.num_padded_tokens),
+            "train/samples": float(batch.input_ids.shape[0]),
+            "train/grad_norm": grad_norm,
+            "train/lr": lr,
+            "train/step_s": seconds,
+            "train/tokens_per_s": batch.num_tokens / seconds,
+        }
+
+    # -- weights out ------------------------------------------------------------------------------
+
+    def full_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """Every parameter, whole and on the CPU: the fp32 master weights, cast to `dtype` if given.
+
+        Works for every ZeRO stage; under ZeRO-1/2/3 it is a collective (every rank must call it).
+        Tensors are copies, safe to hand to another thread while training goes on. Tied weights
+        appear once (e.g. no `lm_head.weight` when it is tied to the embeddings).
+        """
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        # ZeRO-0 bf16 runs DeepSpeed's unfused mixed-precision optimizer, which keeps the fp32
+        # masters in `fp32_groups` (parallel to the module's `fp16_groups`) and has no public
+        # accessor; safe_get_full_fp32_param answers None there, as for ZeRO-0 fp32.
+        masters = {}
+        if self.zero_stage == 0 and self.dtype == torch.bfloat16:
+            opt = self.engine.optimizer
+            masters = {id(lp): hp for lps, hps in zip(opt.fp16_groups, opt.fp32_groups, strict=True)
+                       for lp, hp in zip(lps, hps, strict=True)}
+        out = {}
+        for name, param in self.engine.module.named_parameters():
+            full = safe_get_full_fp32_param(param)
+            if full is None:  # ZeRO-0: the optimizer's master copy, or (fp32) the module itself
+                full = masters.get(id(param), param).detach()
+            out[name] = full.to(device="cpu", dtype=dtype or torch.float32, copy=True)
+        return out
+
+    def save_hf(self, folder: str | Path) -> Path:
+        """Write an HF folder (config, generation config, tokenizer, fp32 safetensors) that
+        transformers and vLLM load. Collective under ZeRO-1/2/3; rank 0 writes."""
+        from safetensors.torch import save_file
+        from transformers import AutoTokenizer
+
+        folder = Path(folder)
+        state = self.full_state_dict()
+        if self.engine.global_rank != 0:
+            return folder
+        folder.mkdir(parents=True, exist_ok=True)
+        module = self.engine.module
+        module.config.save_pretrained(folder)
+        if module.generation_config is not None:
+            module.generation_config.save_pretrained(folder)
+        AutoTokenizer.from_pretrained(self.model_dir).save_pretrained(folder)
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        return folder
+
+    # -- resume -----------------------------------------------------------------------------------
+
+    def save_checkpoint(self, folder: str | Path) -> None:
+        """DeepSpeed checkpoint (weights, optimizer state, step counters) under `folder/step-N`."""
+        self.engine.save_checkpoint(
+            str(folder), tag=f"step-{self.step}",
+            # Own key names: DeepSpeed stores (and strips on load) its own `skipped_steps`, which
+            # misses the steps skipped here before backward.
+            client_state={"ixt_step": self.step, "ixt_skipped_steps": self.skipped_steps},
+        )
+
+    def load_checkpoint(self, folder: str | Path) -> int:
+        """Restore the latest checkpoint in `folder`; returns the step it resumes at."""
+        path, client = self.engine.load_checkpoint(str(folder))
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint in {folder}")
+        self.step = int(client["ixt_step"])
+        self.skipped_steps = int(client["ixt_skipped_steps"])
+        return self.step

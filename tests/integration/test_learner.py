@@ -1,0 +1,154 @@
+"""update.learner: real DeepSpeed on the tiny model: loss falls, bad steps are skipped, weights
+leave whole (HF folder that transformers and vLLM load), and checkpoints resume exactly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from ixt_stream.batch.collate import TensorBatch, collate
+from ixt_stream.condition.format import Conditioner
+from ixt_stream.models import load_tokenizer
+from ixt_stream.types import Critique, Label, Sample
+from ixt_stream.update.learner import Learner
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_model_dir) -> TensorBatch:
+    tok = load_tokenizer(tiny_model_dir)
+    cond = Conditioner(tok, mode="critique")
+    rows = [(Sample(str(i), f"What is {i} + {i}?", f"{i} + {i} = {2 * i}. <answer>{2 * i}</answer>"),
+             Critique(str(i), "Correct.", 1.0, Label.GOOD)) for i in range(6)]
+    return collate([cond.condition(s, c) for s, c in rows], pad_id=tok.pad_token_id)
+
+
+def _disk_weights(folder: str) -> dict[str, torch.Tensor]:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    return {k: v.detach() for k, v in model.named_parameters()}
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("zero_stage,dtype", [(0, "bf16"), (0, "fp32"), (2, "bf16")])
+def test_loss_falls(tiny_model_dir, batch, zero_stage, dtype):
+    learner = Learner(tiny_model_dir, zero_stage=zero_stage, dtype=dtype, lr=3e-3)
+    # Gathered whole. DeepSpeed casts the module to bf16 before it copies the fp32 masters, so
+    # under bf16 training starts from the bf16-rounded checkpoint.
+    start = {k: v.to(learner.dtype).float() for k, v in _disk_weights(tiny_model_dir).items()}
+    assert _same(learner.full_state_dict(), start)
+    losses = [learner.train_step(batch)["train/loss"] for _ in range(8)]
+    assert learner.step == 8 and learner.skipped_steps == 0
+    assert losses[-1] < losses[0] - 1.0, losses
+    state = learner.full_state_dict()
+    assert all(v.dtype == torch.float32 for v in state.values())
+    if dtype == "bf16":  # the fp32 masters, not the bf16 module weights
+        w = state["model.layers.0.mlp.up_proj.weight"]
+        assert not torch.equal(w, w.bfloat16().float())
+
+
+def _nan_forward(learner: Learner):
+    return learner.engine.module.model.embed_tokens.register_forward_hook(
+        lambda module, args, out: out * float("nan"))
+
+
+@pytest.mark.parametrize("zero_stage", [0, 3])
+def test_nan_loss_is_skipped_and_counted(tiny_model_dir, batch, zero_stage):
+    learner = Learner(tiny_model_dir, zero_stage=zero_stage, dtype="bf16", lr=3e-3)
+    learner.train_step(batch)
+    before = learner.full_state_dict()
+    hook = _nan_forward(learner)
+    m = learner.train_step(batch)
+    hook.remove()
+    assert m["train/applied"] == 0.0 and m["train/skipped_steps"] == 1.0
+    assert learner.step == 1 and learner.skipped_steps == 1
+    assert _same(learner.full_state_dict(), before)
+    assert learner.train_step(batch)["train/applied"] == 1.0
+    assert not _same(learner.full_state_dict(), before)
+
+
+@pytest.mark.parametrize("zero_stage,dtype", [(0, "fp32"), (0, "bf16"), (2, "bf16"), (3, "bf16")])
+def test_inf_gradient_is_skipped_and_counted(tiny_model_dir, batch, zero_stage, dtype):
+    """A finite loss with an inf gradient: DeepSpeed's optimizer catches it for bf16 and ZeRO,
+    the learner itself for ZeRO-0 fp32. Either way nothing is applied and the next step works."""
+    learner = Learner(tiny_model_dir, zero_stage=zero_stage, dtype=dtype, lr=3e-3, warmup_steps=4)
+    learner.train_step(batch)
+    before = learner.full_state_dict()
+    param = learner.engine.module.model.norm.weight
+    hook = param.register_hook(lambda g: torch.full_like(g, float("inf")))
+    m = learner.train_step(batch)
+    hook.remove()
+    assert m["train/applied"] == 0.0 and learner.skipped_steps == 1 and learner.step == 1
+    skipped_lr = m["train/lr"]
+    assert _same(learner.full_state_dict(), before)
+    m = learner.train_step(batch)
+    assert m["train/applied"] == 1.0 and torch.isfinite(torch.tensor(m["train/grad_norm"]))
+    assert m["train/lr"] == skipped_lr  # the skipped step did not advance the warmup
+    assert all(torch.isfinite(v).all() for v in learner.full_state_dict().values())
+
+
+@pytest.mark.parametrize("zero_stage", [0, 2])
+def test_checkpoint_resumes_exact_step_and_weights(tiny_model_dir, batch, tmp_path, zero_stage):
+    kw = dict(zero_stage=zero_stage, dtype="bf16", lr=3e-3, warmup_steps=4)
+    a = Learner(tiny_model_dir, **kw)
+    a.train_step(batch)
+    hook = _nan_forward(a)
+    a.train_step(batch)
+    hook.remove()
+    a.train_step(batch)
+    a.save_checkpoint(tmp_path)
+    at_save = a.full_state_dict()
+    next_metrics = a.train_step(batch)
+    after = a.full_state_dict()
+
+    b = Learner(tiny_model_dir, **kw)
+    assert b.load_checkpoint(tmp_path) == 2 and b.skipped_steps == 1
+    assert _same(b.full_state_dict(), at_save)
+    m = b.train_step(batch)
+    assert (m["train/lr"], m["train/loss"]) == (next_metrics["train/lr"], next_metrics["train/loss"])
+    assert _same(b.full_state_dict(), after)  # optimizer state came back too
+
+
+def test_load_checkpoint_from_empty_folder_fails(tiny_model_dir, tmp_path):
+    learner = Learner(tiny_model_dir, zero_stage=0, dtype="fp32")
+    with pytest.raises(FileNotFoundError):
+        learner.load_checkpoint(tmp_path)
+
+
+VLLM_GREEDY = textwrap.dedent("""
+    import json, sys
+    from ixt_stream.sample.engine import Engine
+    engine = Engine(sys.argv[1], dtype="float32", max_model_len=256)
+    out = engine.generate([json.loads(sys.argv[2])], n=1, max_new_tokens=4, temperature=0.0)
+    print("IDS", json.dumps(out[0][0].token_ids))
+""")
+
+
+@pytest.mark.slow
+def test_saved_folder_loads_in_transformers_and_vllm(tiny_model_dir, batch, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    learner = Learner(tiny_model_dir, zero_stage=0, dtype="bf16", lr=3e-3)
+    for _ in range(3):
+        learner.train_step(batch)
+    folder = learner.save_hf(tmp_path / "hf")
+    state = learner.full_state_dict()
+    assert _same(_disk_weights(str(folder)), state)
+    assert load_tokenizer(str(folder)).pad_token_id is not None
+
+    prompt = batch.input_ids[0, : int(batch.attention_mask[0].sum()) - 8].tolist()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    expected = model.generate(torch.tensor([prompt]), max_new_tokens=4, do_sample=False)[0, len(prompt):]
+    run = subprocess.run([sys.executable, "-c", VLLM_GREEDY, str(folder), json.dumps(prompt)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(next(line for line in run.stdout.splitlines() if line.startswith("IDS"))[4:])
+    assert got == expected.tolist()

@@ -1,0 +1,167 @@
+"""`ixt train` and `ixt eval`: the annotated-JSONL reader, evaluate() on a fake engine, and both
+commands end to end on the tiny model (real DeepSpeed, real vLLM, separate processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ixt_stream import tasks
+from ixt_stream.config import TaskConfig, load
+from ixt_stream.offline.annotate import annotated_row
+from ixt_stream.offline.evaluate import evaluate, table, trained_condition
+from ixt_stream.offline.train import CONDITION_FILE, build_conditioner, read_annotated
+from ixt_stream.types import Critique, Label, Sample
+
+
+def _rows(n: int) -> list[tuple[Sample, Critique]]:
+    """Train-pool prompts, each with a right answer (good) and a wrong one (bad)."""
+    out = []
+    for p in list(tasks.train_prompts(TaskConfig()))[:n]:
+        good = Sample(f"{p.prompt_id}-0", p.prompt, f"Adding up: <answer>{p.answer}</answer>",
+                      task=p.task, reference_answer=p.answer, prompt_id=p.prompt_id)
+        bad = Sample(f"{p.prompt_id}-1", p.prompt, "It is <answer>1000</answer>",
+                     task=p.task, reference_answer=p.answer, prompt_id=p.prompt_id)
+        out += [(good, Critique(good.sample_id, "Correct and clear.", 1.0, Label.GOOD)),
+                (bad, Critique(bad.sample_id, "The final answer is wrong.", 0.0, Label.BAD))]
+    return out
+
+
+def _write(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(annotated_row(s, c)) + "\n" for s, c in rows))
+    return path
+
+
+# -- reading the annotated JSONL --------------------------------------------------------------
+
+
+def test_read_annotated_round_trips_annotate_lines(tmp_path):
+    rows = _rows(2)
+    path = _write(tmp_path / "a.jsonl", rows)
+    with path.open("a") as f:
+        f.write("\n")
+        f.write(json.dumps({"sample_id": "x", "prompt": "p", "response": "r", "label": 3, "score": 1}) + "\n")
+        f.write(json.dumps({"sample_id": "y", "prompt": "p", "response": "r", "extra": 1}) + "\n")
+        f.write('{"sample_id": "z", "prom')  # an annotate run killed mid-write
+    got = read_annotated(path)
+    assert got[:4] == rows
+    assert got[4][1].label is Label.GOOD and got[4][1].critique == ""
+    assert got[5][0].sample_id == "y" and got[5][1] is None
+    assert len(got) == 6
+
+
+def test_read_annotated_rejects_a_broken_line_mid_file(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"sample_id": "a", "pro\n' + json.dumps(annotated_row(*_rows(1)[0])) + "\n")
+    with pytest.raises(ValueError, match=":1:"):
+        read_annotated(path)
+    path.write_text(json.dumps({"sample_id": "a", "prompt": "", "response": "r", "label": "great"}) + "\n")
+    with pytest.raises(ValueError, match=":1:"):
+        read_annotated(path)
+
+
+# -- evaluate() on a fake engine --------------------------------------------------------------
+
+
+@dataclass
+class _Completion:
+    text: str
+    token_ids: list[int]
+
+
+class _FakeEngine:
+    """Answers right only when the prompt carries the positive prefix; counts engine calls."""
+
+    def __init__(self, positive_prefix: list[int], answers: dict[tuple, str]):
+        self.prefix, self.answers, self.calls = positive_prefix, answers, 0
+
+    def generate(self, prompts, n, max_new_tokens, temperature, seed=None):
+        self.calls += 1
+        out = []
+        for ids in prompts:
+            positive = ids[: len(self.prefix)] == self.prefix
+            answer = self.answers[tuple(ids[len(self.prefix):])] if positive else "0"
+            out.append([_Completion(f"<answer>{answer}</answer>", [1, 2, 3])])
+        return out
+
+
+def test_evaluate_scores_each_condition_and_the_gap(tokenizer):
+    prompts = tasks.eval_prompts(TaskConfig(eval_size=6))
+    cond = build_conditioner(tokenizer, load(["model=tiny"]).condition)
+    prefix = cond.feedback_ids(Label.GOOD, cond.positive_critique, document=False)
+    answers = {tuple(cond.prompt_ids(p.prompt)): p.answer for p in prompts}
+    engine = _FakeEngine(prefix, answers)
+    result = evaluate(engine, cond, prompts, ["positive", "negative", "none"], 8, 0.0)
+    m = result["metrics"]
+    lucky = sum(p.answer == "0" for p in prompts) / len(prompts)  # "0" is right by chance there
+    assert m["eval/positive/accuracy"] == 1.0
+    assert m["eval/negative/accuracy"] == m["eval/none/accuracy"] == lucky
+    assert m["eval/gap"] == 1.0 - lucky
+    assert m["eval/positive/answered"] == 1.0 and m["eval/none/response_tokens"] == 3.0
+    assert engine.calls == 3 and len(result["samples"]) == 18
+    assert "positive - negative accuracy" in table(m, ["positive", "negative", "none"])
+
+
+def test_baseline_is_generated_once_without_prefix(tokenizer, tmp_path):
+    """A model trained with mode none: its checkpoint says so, every condition is the bare prompt."""
+    cfg = load(["model=tiny"])
+    (tmp_path / CONDITION_FILE).write_text(json.dumps({"mode": "none"}))
+    cond_cfg = trained_condition(str(tmp_path), cfg)
+    assert cfg.condition.mode == "critique" and cond_cfg.mode == "none"
+    cond = build_conditioner(tokenizer, cond_cfg)
+    prompts = tasks.eval_prompts(TaskConfig(eval_size=3))
+    engine = _FakeEngine([-1], {})
+    result = evaluate(engine, cond, prompts, ["positive", "negative", "none"], 8, 0.0)
+    assert engine.calls == 1
+    assert len({result["metrics"][f"eval/{c}/accuracy"] for c in ("positive", "negative", "none")}) == 1
+
+
+# -- end to end -------------------------------------------------------------------------------
+
+
+def _ixt(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "ixt_stream.cli", *args], capture_output=True, text=True,
+                          timeout=600, env=env)
+
+
+@pytest.mark.slow
+def test_train_then_eval_end_to_end(tmp_path):
+    data = _write(tmp_path / "annotated.jsonl", _rows(12))
+    out, run_dir = tmp_path / "model", tmp_path / "run"
+    common = ["profile=smoke", f"run.run_dir={run_dir}", "run.tensorboard=false",
+              "condition.max_seq_len=256", "learner.tokens_per_batch=512", "learner.max_samples_per_batch=4"]
+    train = ["train", *common, f"train.data={data}", f"train.output_dir={out}", "learner.epochs=3",
+             "learner.max_steps=6", "learner.save_every=3"]
+    r = _ixt(*train)
+    assert r.returncode == 0, r.stderr[-4000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["train/steps"] == 6 and summary["train/mean_tokens_per_s"] > 0
+    for name in ("model.safetensors", "config.json", "tokenizer.json", CONDITION_FILE):
+        assert (out / name).exists(), name
+    metrics = [json.loads(line) for line in (run_dir / "metrics" / "train.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
+    assert metrics[-1]["train/loss"] < metrics[0]["train/loss"]
+
+    # resume: continues at step 6 with the next batch, not from scratch
+    r = _ixt(*train[:-2], "learner.max_steps=8", "train.resume=true")
+    assert r.returncode == 0, r.stderr[-4000:]
+    metrics = [json.loads(line) for line in (run_dir / "metrics" / "train.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6, 7, 8]
+
+    report_path = tmp_path / "eval.json"
+    r = _ixt("eval", *common, f"eval.checkpoint={out}", f"eval.output={report_path}", "task.eval_size=4",
+             "eval.max_new_tokens=8")
+    assert r.returncode == 0, r.stderr[-4000:]
+    report = json.loads(report_path.read_text())
+    assert report["condition_mode"] == "critique" and len(report["samples"]) == 12
+    for c in ("positive", "negative", "none"):
+        assert 0.0 <= report["metrics"][f"eval/{c}/accuracy"] <= 1.0
+        assert report["metrics"][f"eval/{c}/response_tokens"] > 0
+    assert "positive - negative accuracy" in r.stdout
