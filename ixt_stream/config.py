@@ -173,8 +173,8 @@ class LearnerConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     max_steps: int = 100
-    """Stop after this many applied optimizer steps (0 = no limit; `ixt train` also stops after
-    `epochs`)."""
+    """Stop after this many applied optimizer steps. `ixt train` also stops after `epochs`, and
+    reads 0 as no limit."""
     tokens_per_batch: int = 4096
     """Token budget of one optimizer step (padded tokens count)."""
     max_samples_per_batch: int = 64

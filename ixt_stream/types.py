@@ -107,3 +107,20 @@ class WeightAck:
     version: int
     applied_at: float = 0.0
     apply_seconds: float = 0.0
+
+
+@dataclass
+class ModelCard:
+    """What a critic is and how its feedback looks (`ixt.v1.ModelCard`)."""
+
+    name: str
+    backend: str
+    model_id: str = ""
+    feedback_format: str = "thinking+critique+score+label"
+    score_min: float = 0.0
+    score_max: float = 1.0
+    labels: list[Label] = field(default_factory=lambda: [Label.BAD, Label.MIXED, Label.GOOD])
+    tasks: list[str] = field(default_factory=list)
+    """Tasks it can judge; empty = any text."""
+    max_response_bytes: int = 0
+    """Filled in by the server from its own limit."""

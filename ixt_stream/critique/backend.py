@@ -11,10 +11,9 @@ service main picks and builds a backend from config.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Protocol
 
-from ixt_stream.types import Critique, Label, Sample
+from ixt_stream.types import Critique, Label, ModelCard, Sample
 
 
 class InvalidRequest(ValueError):
@@ -23,23 +22,6 @@ class InvalidRequest(ValueError):
 
 class BackendUnavailable(RuntimeError):
     """The critic behind the backend is down or overloaded for now (the caller may retry)."""
-
-
-@dataclass
-class ModelCard:
-    """What a critic is and how its feedback looks (`ixt.v1.ModelCard`)."""
-
-    name: str
-    backend: str
-    model_id: str = ""
-    feedback_format: str = "thinking+critique+score+label"
-    score_min: float = 0.0
-    score_max: float = 1.0
-    labels: list[Label] = field(default_factory=lambda: [Label.BAD, Label.MIXED, Label.GOOD])
-    tasks: list[str] = field(default_factory=list)
-    """Tasks it can judge; empty = any text."""
-    max_response_bytes: int = 0
-    """Filled in by the server from its own limit."""
 
 
 class Backend(Protocol):

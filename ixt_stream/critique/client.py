@@ -24,9 +24,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ixt_stream.config import RewardClientConfig
-from ixt_stream.critique.backend import ModelCard
 from ixt_stream.critique.security import call_metadata, read_secret
-from ixt_stream.types import Critique, Label, Sample
+from ixt_stream.types import Critique, ModelCard, Sample
 from ixt_stream.wire import codec
 from ixt_stream.wire.ixt.v1 import ixt_pb2 as pb
 from ixt_stream.wire.ixt.v1 import ixt_pb2_grpc as pb_grpc
@@ -55,13 +54,6 @@ class Result:
     sample: Sample
     critique: Critique | None = None
     error: CritiqueError | None = None
-
-
-def card_from_pb(m: pb.ModelCard) -> ModelCard:
-    return ModelCard(name=m.name, backend=m.backend, model_id=m.model_id, feedback_format=m.feedback_format,
-                     score_min=m.score_min, score_max=m.score_max,
-                     labels=[Label(x) for x in m.labels if x in Label._value2member_map_],
-                     tasks=list(m.tasks), max_response_bytes=m.max_response_bytes)
 
 
 async def _aiter(samples: Iterable[Sample] | AsyncIterable[Sample]) -> AsyncIterator[Sample]:
@@ -94,6 +86,7 @@ class RewardClient:
         self.retries = retries
         self.backoff_s = backoff_s
         self.max_in_flight = max_in_flight
+        self.max_message_bytes = max_message_bytes
         self._metadata = call_metadata(auth_token)
         self._slots = asyncio.Semaphore(max_in_flight)
         options = [("grpc.max_receive_message_length", max_message_bytes),
@@ -142,7 +135,7 @@ class RewardClient:
         raise TimeoutError(f"reward service at {self.address} not SERVING after {timeout_s:.0f} s ({last})")
 
     async def describe(self) -> ModelCard:
-        return card_from_pb(await self._stub.Describe(pb.DescribeRequest(), timeout=self.timeout_s,
+        return codec.card_from_pb(await self._stub.Describe(pb.DescribeRequest(), timeout=self.timeout_s,
                                                       metadata=self._metadata))
 
     async def critique(self, sample: Sample) -> Critique:
@@ -244,6 +237,8 @@ class _StreamRun:
                             self.c.address, code, message, len(sent))
                 for sample, attempt in sent.values():
                     self._settle(sample, attempt, code, message, tasks)
+                if self.source_done and self.unfinished == 0:  # it broke after the last answer
+                    break
                 await asyncio.sleep(self.c._delay(failures - 1))
             self.out.put_nowait(None)
         except Exception as e:
@@ -266,8 +261,13 @@ class _StreamRun:
                     self._finish(Result(sample, error=CritiqueError("INVALID_ARGUMENT",
                                                                     "duplicate sample_id in flight")))
                     continue
+                request = codec.critique_request(sample)
+                if request.ByteSize() > self.c.max_message_bytes:  # would break the whole stream
+                    self._finish(Result(sample, error=CritiqueError(
+                        "INVALID_ARGUMENT", f"request of {request.ByteSize()} bytes exceeds the message limit")))
+                    continue
                 sent[sample.sample_id] = item
-                await call.write(codec.critique_request(sample))
+                await call.write(request)
             await call.done_writing()
 
         async def watchdog() -> None:

@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ixt_stream import tasks
-from ixt_stream.critique.backend import ModelCard
 from ixt_stream.critique.verifier import Verdict, VerifierBackend
-from ixt_stream.types import Critique, Label, Sample
+from ixt_stream.types import Critique, Label, ModelCard, Sample
 
 Messages = list[dict[str, str]]
 
@@ -150,6 +149,12 @@ def redact(critique: str, reference: str, given: str | None) -> str:
     return re.sub(rf"(?<![\w.]){re.escape(ref)}(?![\w]|\.\d)", "[the correct value]", critique)
 
 
+def _echoes(critique: str, messages: Messages, probe_chars: int = 48) -> bool:
+    """Whether the critique's opening is copied from the prompt (instructions or sample)."""
+    probe = critique[:probe_chars]
+    return len(probe) >= 16 and any(probe in " ".join(m["content"].split()) for m in messages)
+
+
 class Completer(Protocol):
     """Turns one chat into the model's reply; batches concurrent calls itself if it can."""
 
@@ -185,9 +190,12 @@ class LLMBackend:
     async def critique(self, sample: Sample) -> Critique:
         verdict = self.verifier.verdict(sample) if self.verifier else None
         t0 = time.perf_counter()
-        text = await self.completer.complete(build_messages(sample, verdict, self.max_field_chars))
+        messages = build_messages(sample, verdict, self.max_field_chars)
+        text = await self.completer.complete(messages)
         p = parse(text, self.max_critique_chars)
         critique = redact(p.critique, sample.reference_answer, tasks.extract_answer(sample.response))
+        if _echoes(critique, messages):  # small models copy the instructions or the sample back
+            critique, p.complete = NO_FEEDBACK, False
         score, label, thinking = p.score, p.label, p.thinking
         if verdict is not None:
             score, label = verdict.score, verdict.label

@@ -27,7 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Gauge, Histogram
 
 from ixt_stream.config import RewardConfig
-from ixt_stream.critique.backend import Backend, BackendUnavailable, InvalidRequest, ModelCard
+from ixt_stream.critique.backend import Backend, BackendUnavailable, InvalidRequest
 from ixt_stream.critique.security import BearerAuth, check_exposure, read_secret, server_credentials
 from ixt_stream.types import Sample
 from ixt_stream.wire import codec
@@ -82,13 +82,6 @@ def to_sample(req: pb.CritiqueRequest, max_field_bytes: int) -> Sample:
                   reference_answer=req.reference_answer, metadata=dict(req.metadata))
 
 
-def card_to_pb(card: ModelCard) -> pb.ModelCard:
-    return pb.ModelCard(name=card.name, backend=card.backend, model_id=card.model_id,
-                        feedback_format=card.feedback_format, score_min=card.score_min,
-                        score_max=card.score_max, labels=[int(x) for x in card.labels], tasks=card.tasks,
-                        max_response_bytes=card.max_response_bytes)
-
-
 class RewardServicer(pb_grpc.RewardModelServicer):
     def __init__(self, backend: Backend, max_response_bytes: int, max_concurrent_requests: int):
         self.backend = backend
@@ -113,7 +106,6 @@ class RewardServicer(pb_grpc.RewardModelServicer):
         t0 = time.perf_counter()
         try:
             critique = await self.backend.critique(sample)
-            self.answered += 1
         except InvalidRequest as e:
             raise Fail(grpc.StatusCode.INVALID_ARGUMENT, f"{req.sample_id}: {e}") from e
         except BackendUnavailable as e:
@@ -129,6 +121,7 @@ class RewardServicer(pb_grpc.RewardModelServicer):
             raise Fail(grpc.StatusCode.INTERNAL, f"critic returned score {critique.score} outside [0, 1]")
         elapsed = time.perf_counter() - t0
         LATENCY.observe(elapsed)
+        self.answered += 1
         critique.sample_id = req.sample_id
         critique.latency_ms = elapsed * 1e3
         critique.model_id = critique.model_id or self.card.model_id or self.card.backend
@@ -183,7 +176,7 @@ class RewardServicer(pb_grpc.RewardModelServicer):
                 task.cancel()
 
     async def Describe(self, request, context):
-        return card_to_pb(self.card)
+        return codec.card_to_pb(self.card)
 
 
 class RewardServer:
@@ -237,16 +230,24 @@ class RewardServer:
         await self.backend.aclose()
 
 
-async def _report(servicer: RewardServicer, status: Callable[[dict], None], every_s: float) -> None:
-    last, t_last = 0, time.perf_counter()
-    while True:
-        await asyncio.sleep(every_s)
-        now = time.perf_counter()
-        done = servicer.answered
-        status({"backend": servicer.card.backend, "critiques": done, "failed": servicer.failed,
-                "in_flight": servicer.in_flight, "critiques_per_s": (done - last) / (now - t_last),
-                "mean_latency_ms": 1e3 * servicer.busy_s / max(done + servicer.failed, 1)})
-        last, t_last = done, now
+class _Reporter:
+    """Calls `status` with flat counters every `every_s` seconds, and once more at the end."""
+
+    def __init__(self, servicer: RewardServicer, status: Callable[[dict], None], every_s: float):
+        self.servicer, self.status, self.every_s = servicer, status, every_s
+        self._last, self._t_last = 0, time.perf_counter()
+
+    def report(self) -> None:
+        s, now = self.servicer, time.perf_counter()
+        self.status({"backend": s.card.backend, "critiques": s.answered, "failed": s.failed,
+                     "in_flight": s.in_flight, "critiques_per_s": (s.answered - self._last) / (now - self._t_last),
+                     "mean_latency_ms": 1e3 * s.busy_s / max(s.answered + s.failed, 1)})
+        self._last, self._t_last = s.answered, now
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.every_s)
+            self.report()
 
 
 async def serve(backend: Backend, cfg: RewardConfig, status: Callable[[dict], None] | None = None,
@@ -255,7 +256,7 @@ async def serve(backend: Backend, cfg: RewardConfig, status: Callable[[dict], No
 
     `status`, if given, receives a flat dict of counters every `status_every_s` seconds.
     """
-    server = reporter = None
+    server = reporter = task = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -270,10 +271,13 @@ async def serve(backend: Backend, cfg: RewardConfig, status: Callable[[dict], No
         )
         await server.start()
         if status is not None:
-            reporter = asyncio.create_task(_report(server.servicer, status, status_every_s))
+            reporter = _Reporter(server.servicer, status, status_every_s)
+            task = asyncio.create_task(reporter.run())
         await stop.wait()
         log.info("stopping (grace %.1f s)", cfg.grace_s)
     finally:
-        if reporter is not None:
-            reporter.cancel()
+        if task is not None:
+            task.cancel()
         await (server.stop() if server is not None else backend.aclose())
+        if reporter is not None:
+            reporter.report()

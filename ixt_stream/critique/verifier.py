@@ -20,8 +20,8 @@ import re
 from dataclasses import dataclass
 
 from ixt_stream import tasks
-from ixt_stream.critique.backend import InvalidRequest, ModelCard, label_for_score
-from ixt_stream.types import Critique, Label, Sample
+from ixt_stream.critique.backend import InvalidRequest, label_for_score
+from ixt_stream.types import Critique, Label, ModelCard, Sample
 
 UNTAGGED_SCORE = 0.5
 """Score of a right value given without proper <answer></answer> tags."""
@@ -72,20 +72,12 @@ class VerifierBackend:
 
     def __init__(self, warm_tasks: list[str] | tuple[str, ...] = ()):
         self._registry = set(registered_tasks())
-        self._scorers: dict[str, object] = {}
         for name in warm_tasks:
-            self._scorer(name)
+            tasks.scorer(name)
 
     def card(self) -> ModelCard:
         return ModelCard(name="reasoning-gym verifier", backend="verifier",
                          tasks=sorted(self._registry))
-
-    def _scorer(self, task: str):
-        if task not in self._scorers:
-            import reasoning_gym
-
-            self._scorers[task] = reasoning_gym.get_score_answer_fn(task)
-        return self._scorers[task]
 
     def check(self, sample: Sample) -> dict:
         """Raise InvalidRequest unless the sample can be verified; returns the scoring entry."""
@@ -101,7 +93,7 @@ class VerifierBackend:
 
     def _score(self, task: str, answer: str, entry: dict, notes: list[str]) -> float:
         try:
-            value = float(self._scorer(task)(answer, entry))
+            value = float(tasks.scorer(task)(answer, entry))
         except Exception as e:  # a scorer choking on odd input means: not right
             notes.append(f"scorer raised {type(e).__name__}: {e}")
             return 0.0

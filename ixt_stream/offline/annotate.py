@@ -23,39 +23,24 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ixt_stream.config import ConfigError, IxtConfig, load
-from ixt_stream.types import Critique, Label, Sample
+from ixt_stream.types import Critique, Sample
 
 log = logging.getLogger("ixt.annotate")
-
-_SAMPLE_FIELDS = {f.name for f in fields(Sample)}
-
 
 # -- the annotated JSONL ----------------------------------------------------------------------
 
 
 def annotated_row(sample: Sample, critique: Critique) -> dict:
-    """One output line: every Sample field, then the critique's (label as its word)."""
+    """One output line: every Sample field, then the critique's (label as its word).
+
+    `offline.train.read_annotated` reads these lines back."""
     return {**asdict(sample), "critique": critique.critique, "score": critique.score,
             "label": critique.label.word, "thinking": critique.thinking, "model_id": critique.model_id,
             "latency_ms": critique.latency_ms}
-
-
-def read_annotated(path: str | Path) -> Iterator[tuple[Sample, Critique]]:
-    """The (Sample, Critique) pairs of an annotated JSONL (skips a half-written last line)."""
-    with open(path) as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            sample = Sample(**{k: v for k, v in row.items() if k in _SAMPLE_FIELDS})
-            yield sample, Critique(sample_id=sample.sample_id, critique=row["critique"], score=row["score"],
-                                   label=Label[row["label"].upper()], thinking=row.get("thinking", ""),
-                                   model_id=row.get("model_id", ""), latency_ms=row.get("latency_ms", 0.0))
 
 
 def prepare_output(path: Path) -> set[str]:

@@ -10,7 +10,8 @@ A payload is applied only if its size and SHA-256 match the announcement; a miss
 mismatched or unreadable file is refused (logged, counted by reason in `WeightApplier.refused` and
 prometheus) and the engine keeps its current weights. The verified bytes themselves are loaded
 and handed to `Engine.reload_weights(state_dict=...)`, so nothing re-reads the file after the check.
-Left out: the collective (NCCL) reader, and retrying a refused version (the next one supersedes it).
+`collective.CollectiveReader` receives over a process group instead and is held to the same check.
+Left out: retrying a refused version (the next one supersedes it).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class WeightReader(Protocol):
 
     def read(self, wv: WeightVersion) -> dict[str, torch.Tensor]: ...
 
+    def close(self) -> None: ...
+
 
 class Reloadable(Protocol):
     """What the applier needs of an engine (`sample.engine.Engine`, or a fake in tests)."""
@@ -81,6 +84,9 @@ class FilesystemReader:
             return load(data)
         except Exception as e:  # safetensors raises its own error types on a corrupt header
             raise WeightRefused("unreadable", f"{path}: {e}") from e
+
+    def close(self) -> None:
+        pass
 
 
 class WeightApplier:
@@ -145,11 +151,17 @@ class WeightApplier:
 
     def close(self) -> None:
         self.announcements.close()
+        self.reader.close()
 
 
 def applier(cfg: StreamConfig, run_dir: str, run_id: str, generator_id: str) -> WeightApplier:
     """A generator's applier for `cfg.weight_transport`; connects the weights SUB socket."""
-    if cfg.weight_transport != "filesystem":
-        raise NotImplementedError(f"stream.weight_transport={cfg.weight_transport!r} is not implemented yet")
     root = Path(run_dir) / "weights"
-    return WeightApplier(FilesystemReader(root), sockets.receiver(cfg, "weights", run_id), root, generator_id)
+    if cfg.weight_transport == "collective":
+        from ixt_stream.weights.collective import CollectiveReader
+
+        reader = CollectiveReader(cfg.collective_host or cfg.host, cfg.collective_port, generator_id,
+                                  cfg.collective_timeout_s, cfg.collective_backend)
+    else:
+        reader = FilesystemReader(root)
+    return WeightApplier(reader, sockets.receiver(cfg, "weights", run_id), root, generator_id)

@@ -8,8 +8,8 @@ produces anything (the first `apply.WeightApplier.poll`); the learner never re-a
 How tensors travel is a `WeightWriter`, chosen by `stream.weight_transport`. `FilesystemWriter`
 writes `run_dir/weights/v{N}/model.safetensors` into a temporary folder, hashes the file, and
 renames the folder into place, so a reader sees a whole, hashed version or none; only the newest
-`keep` versions stay on disk. A collective (NCCL broadcast) writer would return an empty uri and
-fit the same seam; it is not written yet.
+`keep` versions stay on disk. `collective.CollectiveWriter` broadcasts over a process group (gloo
+or NCCL) instead; its uri names the group, and LATEST / the announcement stay the same.
 Left out: publishing from a background thread (the learner waits for the write), and fsync (a
 version lost to a power cut is simply re-published by the next sync).
 """
@@ -48,8 +48,10 @@ class WeightWriter(Protocol):
         """Returns (uri, sha256 hex of the payload, payload bytes)."""
         ...
 
+    def close(self) -> None: ...
 
-def _payload_tensors(state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> dict:
+
+def payload_tensors(state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> dict:
     """Detached CPU tensors safetensors accepts: tied aliases dropped, flat-buffer views copied."""
     out, seen = {}, set()
     for name, t in state_dict.items():
@@ -87,7 +89,7 @@ class FilesystemWriter:
         tmp.mkdir()
         # Writing straight to the file and hashing it back (from the page cache) is ~2x faster
         # than serializing to bytes first, and holds no second copy of the weights in memory.
-        save_file(_payload_tensors(state_dict, self.dtype), tmp / WEIGHTS_FILE, metadata={"version": str(version)})
+        save_file(payload_tensors(state_dict, self.dtype), tmp / WEIGHTS_FILE, metadata={"version": str(version)})
         with open(tmp / WEIGHTS_FILE, "rb") as f:
             sha256 = hashlib.file_digest(f, "sha256").hexdigest()
         num_bytes = (tmp / WEIGHTS_FILE).stat().st_size
@@ -96,6 +98,9 @@ class FilesystemWriter:
         tmp.rename(final)
         self._prune()
         return str(final), sha256, num_bytes
+
+    def close(self) -> None:
+        pass
 
     def _prune(self) -> None:
         versions = sorted(int(p.name[1:]) for p in self.root.glob("v*") if p.name[1:].isdigit())
@@ -130,15 +135,20 @@ class WeightPublisher:
 
     def close(self) -> None:
         self.announce.close()
+        self.writer.close()
 
 
 def publisher(cfg: StreamConfig, run_dir: str, run_id: str) -> WeightPublisher:
     """The learner's publisher for `cfg.weight_transport`; binds the weights PUB socket."""
-    if cfg.weight_transport != "filesystem":
-        raise NotImplementedError(f"stream.weight_transport={cfg.weight_transport!r} is not implemented yet")
     root = Path(run_dir) / "weights"
     dtype = getattr(torch, cfg.weight_dtype, None) if cfg.weight_dtype else None
     if cfg.weight_dtype and not isinstance(dtype, torch.dtype):
         raise ValueError(f"stream.weight_dtype={cfg.weight_dtype!r} is not a torch dtype")
-    writer = FilesystemWriter(root, keep=cfg.keep_weight_versions, dtype=dtype)
+    if cfg.weight_transport == "collective":
+        from ixt_stream.weights.collective import CollectiveWriter
+
+        writer = CollectiveWriter(cfg.collective_host or cfg.host, cfg.collective_port, cfg.collective_timeout_s,
+                                  cfg.collective_backend, dtype)
+    else:
+        writer = FilesystemWriter(root, keep=cfg.keep_weight_versions, dtype=dtype)
     return WeightPublisher(writer, sockets.sender(cfg, "weights", run_id), root)

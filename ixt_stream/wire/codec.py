@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
-from ixt_stream.types import ConditionedSample, Critique, Label, Sample, WeightAck, WeightVersion
+from ixt_stream.types import ConditionedSample, Critique, Label, ModelCard, Sample, WeightAck, WeightVersion
 from ixt_stream.wire.ixt.v1 import ixt_pb2 as pb
 
 SCHEMA_VERSION = pb.SCHEMA_VERSION_1
@@ -121,6 +121,20 @@ def ack_to_pb(a: WeightAck) -> pb.WeightAck:
 def ack_from_pb(m: pb.WeightAck) -> WeightAck:
     return WeightAck(generator_id=m.generator_id, version=m.version, applied_at=m.applied_at,
                      apply_seconds=m.apply_seconds)
+
+
+def card_to_pb(card: ModelCard) -> pb.ModelCard:
+    return pb.ModelCard(name=card.name, backend=card.backend, model_id=card.model_id,
+                        feedback_format=card.feedback_format, score_min=card.score_min,
+                        score_max=card.score_max, labels=[int(x) for x in card.labels], tasks=card.tasks,
+                        max_response_bytes=card.max_response_bytes)
+
+
+def card_from_pb(m: pb.ModelCard) -> ModelCard:
+    return ModelCard(name=m.name, backend=m.backend, model_id=m.model_id, feedback_format=m.feedback_format,
+                     score_min=m.score_min, score_max=m.score_max,
+                     labels=[Label(x) for x in m.labels if x in Label._value2member_map_],
+                     tasks=list(m.tasks), max_response_bytes=m.max_response_bytes)
 
 
 # -- ZeroMQ frames ----------------------------------------------------------------------------

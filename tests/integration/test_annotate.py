@@ -17,7 +17,8 @@ import pytest
 from ixt_stream.critique.backend import NullBackend
 from ixt_stream.critique.client import RewardClient
 from ixt_stream.critique.server import RewardServer
-from ixt_stream.offline.annotate import annotate, jsonl_samples, prepare_output, read_annotated
+from ixt_stream.offline.annotate import annotate, jsonl_samples, prepare_output
+from ixt_stream.offline.train import read_annotated
 from ixt_stream.types import Label
 from tests.conftest import free_port
 

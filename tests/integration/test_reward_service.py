@@ -20,12 +20,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from ixt_stream.critique.backend import BackendUnavailable, InvalidRequest, ModelCard, NullBackend
+from ixt_stream.critique.backend import BackendUnavailable, InvalidRequest, NullBackend
 from ixt_stream.critique.client import CritiqueError, RewardClient
 from ixt_stream.critique.security import ExposureError
 from ixt_stream.critique.server import RewardServer
 from ixt_stream.critique.verifier import VerifierBackend
-from ixt_stream.types import Critique, Label, Sample
+from ixt_stream.types import Critique, Label, ModelCard, Sample
 from ixt_stream.wire import codec
 from ixt_stream.wire.ixt.v1 import ixt_pb2 as pb
 from ixt_stream.wire.ixt.v1 import ixt_pb2_grpc as pb_grpc

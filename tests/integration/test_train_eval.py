@@ -3,6 +3,7 @@ commands end to end on the tiny model (real DeepSpeed, real vLLM, separate proce
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -23,7 +24,7 @@ from ixt_stream.types import Critique, Label, Sample
 def _rows(n: int) -> list[tuple[Sample, Critique]]:
     """Train-pool prompts, each with a right answer (good) and a wrong one (bad)."""
     out = []
-    for p in list(tasks.train_prompts(TaskConfig()))[:n]:
+    for p in itertools.islice(tasks.train_prompts(TaskConfig()), n):
         good = Sample(f"{p.prompt_id}-0", p.prompt, f"Adding up: <answer>{p.answer}</answer>",
                       task=p.task, reference_answer=p.answer, prompt_id=p.prompt_id)
         bad = Sample(f"{p.prompt_id}-1", p.prompt, "It is <answer>1000</answer>",
@@ -125,8 +126,13 @@ def test_baseline_is_generated_once_without_prefix(tokenizer, tmp_path):
 # -- end to end -------------------------------------------------------------------------------
 
 
+# A Learner made earlier in this pytest process set these for itself (its gloo store still holds
+# MASTER_PORT); a child must pick its own.
+_RANK_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
 def _ixt(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {k: v for k, v in os.environ.items() if k not in _RANK_ENV} | {"OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "ixt_stream.cli", *args], capture_output=True, text=True,
                           timeout=600, env=env)
 

@@ -8,11 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ixt_stream.critique.backend import ModelCard
-from ixt_stream.critique.client import card_from_pb
-from ixt_stream.critique.server import card_to_pb, to_sample
-from ixt_stream.types import Critique, Label, Sample
+from ixt_stream.critique.server import to_sample
+from ixt_stream.types import Critique, Label, ModelCard, Sample
 from ixt_stream.wire import codec
+from ixt_stream.wire.codec import card_from_pb, card_to_pb
 from ixt_stream.wire.ixt.v1 import ixt_pb2 as pb
 
 

@@ -112,6 +112,12 @@ def test_llm_backend_parses_and_redacts():
     assert "42" not in c.critique and c.thinking == "42 expected"
 
 
+def test_llm_backend_drops_a_critique_that_echoes_the_prompt():
+    fake = FakeCompleter("Critique: two or three sentences on what is right and what is wrong\nScore: 1")
+    c = asyncio.run(LLMBackend(fake, "vllm").critique(SAMPLE))
+    assert c.critique == "The critic gave no usable feedback."
+
+
 def test_hybrid_keeps_the_verifier_verdict_and_tells_the_llm():
     fake = FakeCompleter("Critique: Looks great!\nScore: 1\nLabel: good")  # disagrees with the verifier
     backend = LLMBackend(fake, "hybrid", verifier=VerifierBackend(["basic_arithmetic"]))
