@@ -27,6 +27,11 @@ class RunConfig:
     """Also write metrics as TensorBoard scalars under `run_dir/tb/<role>`."""
     stop_grace_s: float = 15.0
     """`ixt down`: seconds between SIGTERM and SIGKILL."""
+    gpus: dict[str, list[int]] = field(default_factory=dict)
+    """`ixt up` on a GPU node: role -> the GPU indices it may use (its CUDA_VISIBLE_DEVICES), e.g.
+    {learner: [0], reward: [1], generator: [2, 3]}. The generator list is split in order,
+    `generator.tensor_parallel_size` GPUs per generator; the learner takes `learner.num_gpus` of
+    its list. A role not listed inherits the environment."""
 
 
 @dataclass
@@ -187,6 +192,10 @@ class LearnerConfig:
     """Log metrics every N learner steps."""
     epochs: int = 1
     """Passes over the annotated data in `ixt train` (the online loop has no epochs)."""
+    num_gpus: int = 1
+    """Learner ranks, one GPU each; > 1 = `ixt up` starts the learner under the deepspeed launcher."""
+    master_port: int = 29500
+    """The deepspeed launcher's rendezvous port (learner.num_gpus > 1)."""
 
 
 @dataclass
@@ -232,7 +241,17 @@ class StreamConfig:
     sync_every: int = 2
     """Learner steps between weight pushes."""
     weight_transport: str = "filesystem"
-    """filesystem | collective"""
+    """filesystem (safetensors under `run_dir/weights`, shared folder) | collective (broadcast over a
+    gloo / NCCL process group of the learner and the generators; see weights/collective.py)"""
+    collective_host: str = ""
+    """collective: the learner's address, where its rendezvous store listens; empty = `host`."""
+    collective_port: int = 5605
+    """collective: the rendezvous store's TCP port (the group's own connections use free ports)."""
+    collective_backend: str = ""
+    """collective: gloo | nccl; empty = nccl where CUDA is available, else gloo (same on every role)."""
+    collective_timeout_s: float = 60.0
+    """collective: longest wait for the group to form or one broadcast to finish; a dead generator
+    costs the learner at most about twice this, once."""
     curve_keys_dir: str = ""
     """If set, ZeroMQ links use CURVE with the keys in this folder (needed off loopback)."""
     max_samples: int = 0

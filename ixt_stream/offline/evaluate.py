@@ -99,12 +99,12 @@ def trained_condition(model_dir: str, cfg: IxtConfig):
 
 def run(cfg: IxtConfig) -> dict:
     from ixt_stream import models, tasks
-    from ixt_stream.offline.train import build_conditioner
+    from ixt_stream.condition import Conditioner
     from ixt_stream.sample.engine import Engine
 
     model_dir = cfg.eval.checkpoint or models.resolve(cfg.model)
     cond = trained_condition(model_dir, cfg)
-    conditioner = build_conditioner(models.load_tokenizer(model_dir), cond)
+    conditioner = Conditioner.from_config(models.load_tokenizer(model_dir), cond)
     prompts = tasks.eval_prompts(cfg.task)
     g = cfg.generator
     engine = Engine(model_dir, dtype=g.dtype, max_model_len=cond.max_seq_len, kv_cache_gib=g.kv_cache_gib,

@@ -26,7 +26,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from ixt_stream.config import ConditionConfig, ConfigError, IxtConfig, load
+from ixt_stream.condition import Conditioner
+from ixt_stream.config import ConfigError, IxtConfig, load
 from ixt_stream.types import ConditionedSample, Critique, Label, Sample
 
 log = logging.getLogger("ixt.train")
@@ -84,17 +85,6 @@ def read_annotated(path: str | Path) -> list[tuple[Sample, Critique | None]]:
     return out
 
 
-def build_conditioner(tokenizer, cond: ConditionConfig, seed: int = 0):
-    """The Conditioner a ConditionConfig describes (training and eval build it the same way)."""
-    from ixt_stream.condition.format import Conditioner
-
-    return Conditioner(
-        tokenizer, mode=cond.mode, feedback_dropout=cond.feedback_dropout,
-        max_feedback_tokens=cond.max_feedback_tokens, max_seq_len=cond.max_seq_len,
-        positive_critique=cond.positive_critique, negative_critique=cond.negative_critique, seed=seed,
-    )
-
-
 # -- the run ----------------------------------------------------------------------------------
 
 
@@ -122,7 +112,7 @@ def train(cfg: IxtConfig) -> dict[str, float]:
     lc = cfg.learner
     model_dir = models.resolve(cfg.model)
     tokenizer = models.load_tokenizer(model_dir)
-    conditioner = build_conditioner(tokenizer, cfg.condition, seed=cfg.run.seed)
+    conditioner = Conditioner.from_config(tokenizer, cfg.condition, seed=cfg.run.seed)
     rows = read_annotated(cfg.train.data)
     if not rows:
         raise ConfigError(f"train.data: {cfg.train.data} holds no samples")

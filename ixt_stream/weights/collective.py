@@ -328,28 +328,35 @@ class CollectiveReader:
                 store = TCPStore(self.host, self.port, None, False, self.timeout, wait_for_workers=False)
                 store.add(WANT, 1)  # ask the learner for a generation that includes this process
                 self._follow(store, seen)
-            except Exception as e:  # learner gone or restarted, the group broke, or a bug: never die silently
+            except Exception as e:  # learner gone or restarted, or a bug: never die silently
                 if not self._stop.is_set():
-                    log.warning("%s: weight group lost (%s: %s); rejoining", self.token, type(e).__name__, e)
+                    log.warning("%s: weight store lost (%s: %s); reconnecting", self.token, type(e).__name__, e)
             self._set_generation("")
             self._stop.wait(1.0)
 
     def _follow(self, store: TCPStore, seen: set[str]) -> None:
+        """Join each new generation, receive each broadcast; store errors end it (reconnect)."""
         pg, done = None, 0
         while not self._stop.is_set():
             g = store.get(GENERATION).decode() if store.check([GENERATION]) else ""
-            if g and g not in seen:
-                seen.add(g)
-                pg, done = None, 0
+            try:
+                if g and g not in seen:
+                    seen.add(g)
+                    pg, done = None, 0
+                    self._set_generation("")
+                    pg = self._join(store, g)
+                    if pg is None:
+                        store.add(WANT, 1)  # joined too late: ask for the next generation
+                elif pg is not None and int(store.add(f"{self._generation}/seq", 0)) > done:
+                    done += 1
+                    self._receive(pg)
+                else:
+                    self._stop.wait(POLL_S)
+            except RuntimeError as e:  # the group broke (a peer died, a timeout): ask for a new one
+                log.warning("%s: left weight group %s: %s", self.token, self._generation or g, e)
+                pg = None
                 self._set_generation("")
-                pg = self._join(store, g)
-                if pg is None:
-                    store.add(WANT, 1)  # joined too late: ask for the next generation
-            elif pg is not None and int(store.add(f"{self._generation}/seq", 0)) > done:
-                done += 1
-                self._receive(pg)
-            else:
-                self._stop.wait(POLL_S)
+                store.add(WANT, 1)
 
     def _join(self, store: TCPStore, g: str):
         store.append(f"{g}/joined", self.token + " ")

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 from ixt_stream import tasks
+from ixt_stream.condition import Conditioner
 from ixt_stream.config import TaskConfig, load
 from ixt_stream.offline.annotate import annotated_row
 from ixt_stream.offline.evaluate import evaluate, table, trained_condition
-from ixt_stream.offline.train import CONDITION_FILE, build_conditioner, read_annotated
+from ixt_stream.offline.train import CONDITION_FILE, read_annotated
 from ixt_stream.types import Critique, Label, Sample
 
 
@@ -94,7 +95,7 @@ class _FakeEngine:
 
 def test_evaluate_scores_each_condition_and_the_gap(tokenizer):
     prompts = tasks.eval_prompts(TaskConfig(eval_size=6))
-    cond = build_conditioner(tokenizer, load(["model=tiny"]).condition)
+    cond = Conditioner.from_config(tokenizer, load(["model=tiny"]).condition)
     prefix = cond.feedback_ids(Label.GOOD, cond.positive_critique, document=False)
     answers = {tuple(cond.prompt_ids(p.prompt)): p.answer for p in prompts}
     engine = _FakeEngine(prefix, answers)
@@ -115,7 +116,7 @@ def test_baseline_is_generated_once_without_prefix(tokenizer, tmp_path):
     (tmp_path / CONDITION_FILE).write_text(json.dumps({"mode": "none"}))
     cond_cfg = trained_condition(str(tmp_path), cfg)
     assert cfg.condition.mode == "critique" and cond_cfg.mode == "none"
-    cond = build_conditioner(tokenizer, cond_cfg)
+    cond = Conditioner.from_config(tokenizer, cond_cfg)
     prompts = tasks.eval_prompts(TaskConfig(eval_size=3))
     engine = _FakeEngine([-1], {})
     result = evaluate(engine, cond, prompts, ["positive", "negative", "none"], 8, 0.0)
