@@ -51,8 +51,10 @@ test: setup lint
 test-fast: setup
 	$(BIN)/pytest -q tests -m "not slow"
 
+RUN_DIR ?= runs/$(shell date +%Y%m%d-%H%M%S)
+
 run: setup
-	$(IXT) run profile=$(PROFILE) $(ARGS)
+	$(IXT) run profile=$(PROFILE) run.run_dir=$(RUN_DIR) $(ARGS)
 
 up: setup
 	$(IXT) up profile=$(PROFILE) $(ARGS)
