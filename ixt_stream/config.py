@@ -389,3 +389,14 @@ def load(overrides: list[str] | None = None, config_dir: str | None = None) -> I
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         raise ConfigError(str(e)) from e
     return validate(cfg)
+
+
+def load_or_exit(argv: list[str] | None = None) -> IxtConfig:
+    """`load` for command mains: a ConfigError is printed (naming the field) and exits with 2."""
+    import sys
+
+    try:
+        return load(list(sys.argv[1:] if argv is None else argv))
+    except ConfigError as e:
+        sys.stderr.write(f"config error: {e}\n")
+        raise SystemExit(2) from None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from ixt_stream.config import ConfigError, load
+from ixt_stream.config import load_or_exit
 
 # role -> "module:function" taking the loaded IxtConfig and returning an exit code
 ROLES: dict[str, str] = {
@@ -26,11 +26,7 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(f"usage: ixt serve <role> [key=value ...]\nroles: {', '.join(ROLES)}\n")
         return 2
     role, overrides = argv[0], argv[1:]
-    try:
-        cfg = load(overrides)
-    except ConfigError as e:
-        sys.stderr.write(f"config error: {e}\n")
-        return 2
+    cfg = load_or_exit(overrides)
     module, _, func = ROLES[role].partition(":")
     return int(getattr(importlib.import_module(module), func)(cfg) or 0)
 

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ixt_stream.config import ConfigError, IxtConfig, load
+from ixt_stream.config import ConfigError, IxtConfig, load_or_exit
 from ixt_stream.types import Critique, Sample
 
 log = logging.getLogger("ixt.annotate")
@@ -240,11 +240,7 @@ async def run_async(cfg: IxtConfig) -> Stats:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg = load(list(sys.argv[1:] if argv is None else argv))
-    except ConfigError as e:
-        sys.stderr.write(f"config error: {e}\n")
-        return 2
+    cfg = load_or_exit(argv)
     logging.basicConfig(level=cfg.run.log_level, format="%(asctime)s %(levelname)s annotate: %(message)s")
     import uvloop
 

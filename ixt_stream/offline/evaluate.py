@@ -22,7 +22,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ixt_stream.config import ConfigError, IxtConfig, load
+from ixt_stream.config import IxtConfig, load_or_exit
 
 log = logging.getLogger("ixt.eval")
 
@@ -117,11 +117,7 @@ def run(cfg: IxtConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg = load(list(sys.argv[1:] if argv is None else argv))
-    except ConfigError as e:
-        sys.stderr.write(f"config error: {e}\n")
-        return 2
+    cfg = load_or_exit(argv)
     logging.basicConfig(level=cfg.run.log_level, format="%(asctime)s %(levelname)s eval: %(message)s")
     report = run(cfg)
     out = Path(cfg.eval.output or Path(cfg.run.run_dir) / "eval.json")

@@ -27,7 +27,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from ixt_stream.condition import Conditioner
-from ixt_stream.config import ConfigError, IxtConfig, load
+from ixt_stream.config import ConfigError, IxtConfig, load_or_exit
 from ixt_stream.types import ConditionedSample, Critique, Label, Sample
 
 log = logging.getLogger("ixt.train")
@@ -164,11 +164,7 @@ def train(cfg: IxtConfig) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg = load(list(sys.argv[1:] if argv is None else argv))
-    except ConfigError as e:
-        sys.stderr.write(f"config error: {e}\n")
-        return 2
+    cfg = load_or_exit(argv)
     logging.basicConfig(level=cfg.run.log_level, format="%(asctime)s %(levelname)s train: %(message)s")
     try:
         summary = train(cfg)

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from ixt_stream.config import ConfigError, IxtConfig, load
+from ixt_stream.config import IxtConfig, load_or_exit
 from ixt_stream.ledger import Ledger
 from ixt_stream.online import supervisor
 
@@ -59,11 +59,7 @@ def wait_for_learner(cfg: IxtConfig, overrides: list[str], poll_s: float = 10.0)
 
 
 def main(argv: list[str]) -> int:
-    try:
-        cfg = load(argv)
-    except ConfigError as e:
-        sys.stderr.write(f"config error: {e}\n")
-        return 2
+    cfg = load_or_exit(argv)
     from ixt_stream import models
     from ixt_stream.metrics import plot_curves
 

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from ixt_stream.config import ConfigError, IxtConfig, ModelConfig, load
+from ixt_stream.config import ConfigError, IxtConfig, ModelConfig, load_or_exit
 
 log = logging.getLogger("ixt.reward")
 
@@ -79,11 +79,7 @@ def run(cfg: IxtConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg = load(list(sys.argv[1:] if argv is None else argv))
-    except ConfigError as e:
-        sys.stderr.write(f"config error: {e}\n")
-        return 2
+    cfg = load_or_exit(argv)
     return run(cfg)
 
 

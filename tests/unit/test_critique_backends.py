@@ -49,8 +49,11 @@ def test_serve_dispatcher_rejects_unknown_roles_and_bad_overrides(capsys):
     assert services.main([]) == 2
     assert services.main(["no-such-role"]) == 2
     assert "reward" in capsys.readouterr().err
-    assert services.main(["reward", "reward.no_such_key=1"]) == 2
-    assert "config error" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        services.main(["reward", "reward.no_such_key=1"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "config error" in err and "reward.no_such_key" in err
 
 
 def test_reward_main_refuses_an_exposed_port_before_loading_anything():
