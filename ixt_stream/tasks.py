@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -99,9 +100,23 @@ def scorer(task: str):
     return reasoning_gym.get_score_answer_fn(task)
 
 
-def score(task: str, response: str, answer: str, metadata_json: str = "{}", question: str = "") -> float:
-    """reasoning-gym's own score for a response (0 when no final answer is given)."""
-    extracted = extract_answer(response)
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def final_answer(response: str) -> str | None:
+    """The tagged answer, else the last number in the response (how weak models answer: "2 + 5 = 7")."""
+    tagged = extract_answer(response)
+    if tagged is not None:
+        return tagged
+    numbers = _NUMBER.findall(response)
+    return numbers[-1] if numbers else None
+
+
+def score(task: str, response: str, answer: str, metadata_json: str = "{}", question: str = "",
+          strict: bool = False) -> float:
+    """reasoning-gym's own score of the response's final answer: the <answer> tags' content, or
+    with `strict=False` the last number when there are no tags. 0 when there is no answer."""
+    extracted = extract_answer(response) if strict else final_answer(response)
     if extracted is None:
         return 0.0
     entry = {"question": question, "answer": answer, "metadata": json.loads(metadata_json or "{}")}

@@ -39,7 +39,8 @@ def evaluate(engine, conditioner, prompts, conditions, max_new_tokens: int, temp
         conditions: any of "positive", "negative", "none".
 
     Returns:
-        {"metrics": flat dict: eval/<condition>/accuracy (mean score), eval/<condition>/answered
+        {"metrics": flat dict: eval/<condition>/accuracy (mean score of the final answer: tagged,
+        else the last number), eval/<condition>/strict_accuracy (tagged answers only), eval/<condition>/answered
         (fraction with an <answer> tag), eval/<condition>/response_tokens (mean), eval/num_prompts,
         and eval/gap (positive minus negative accuracy) when both are evaluated;
         "samples": one dict per (prompt, condition): prompt_id, condition, response, score}.
@@ -59,9 +60,12 @@ def evaluate(engine, conditioner, prompts, conditions, max_new_tokens: int, temp
         completions = generated[key]
         scores = [tasks.score(p.task, c.text, p.answer, p.metadata_json, question=p.prompt)
                   for p, c in zip(prompts, completions, strict=True)]
+        strict = [tasks.score(p.task, c.text, p.answer, p.metadata_json, question=p.prompt, strict=True)
+                  for p, c in zip(prompts, completions, strict=True)]
         answered = [tasks.extract_answer(c.text) is not None for c in completions]
         n = max(len(prompts), 1)
         metrics[f"eval/{condition}/accuracy"] = sum(scores) / n
+        metrics[f"eval/{condition}/strict_accuracy"] = sum(strict) / n
         metrics[f"eval/{condition}/answered"] = sum(answered) / n
         metrics[f"eval/{condition}/response_tokens"] = sum(len(c.token_ids) for c in completions) / n
         samples += [{"prompt_id": p.prompt_id, "condition": condition, "response": c.text, "score": s}
@@ -73,7 +77,8 @@ def evaluate(engine, conditioner, prompts, conditions, max_new_tokens: int, temp
 
 def table(metrics: dict[str, float], conditions: list[str]) -> str:
     """Conditions side by side: accuracy, answered, mean response tokens."""
-    rows = [("accuracy", "accuracy", "{:.3f}"), ("answered", "answered", "{:.3f}"),
+    rows = [("accuracy", "accuracy", "{:.3f}"), ("strict accuracy", "strict_accuracy", "{:.3f}"),
+            ("answered", "answered", "{:.3f}"),
             ("response tokens", "response_tokens", "{:.1f}")]
     lines = [f"{'':<16}" + "".join(f"{c:>10}" for c in conditions)]
     for title, key, fmt in rows:
