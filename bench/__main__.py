@@ -9,7 +9,7 @@ import traceback
 
 from bench import report
 
-BENCHMARKS = ["transport"]
+BENCHMARKS = ["e2e", "transport", "overlap", "weights", "reward", "memory", "learner"]
 
 
 def main(argv: list[str] | None = None) -> int:

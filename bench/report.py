@@ -59,7 +59,8 @@ def machine() -> dict:
         except metadata.PackageNotFoundError:
             continue
     return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "platform": platform.platform(), "versions": versions}
+            "platform": platform.platform(), "versions": versions,
+            "loadavg": os.getloadavg()}  # the machine is shared: how busy it was when written
 
 
 def write(result: Result) -> Path:

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("ixt_stream.online.supervisor:up_main", "start the online stack in the background (run.run_dir)"),
     "status": ("ixt_stream.online.supervisor:status_main", "each service: pid, alive, progress"),
     "down": ("ixt_stream.online.supervisor:down_main", "stop the stack: SIGTERM, wait, SIGKILL"),
+    "experiment": ("ixt_stream.experiment.main", "arms x scales x seeds: accuracy vs FLOPs, multiplier, report"),
     "ledger": ("ixt_stream.ledger", "a run's sample accounting: generated = trained + dropped + in flight"),
 }
 

@@ -27,6 +27,8 @@ class RunConfig:
     """Also write metrics as TensorBoard scalars under `run_dir/tb/<role>`."""
     stop_grace_s: float = 15.0
     """`ixt down`: seconds between SIGTERM and SIGKILL."""
+    roles: list[str] = field(default_factory=lambda: ["reward", "learner", "orchestrator", "generator"])
+    """`ixt up`: the roles started on this node; a two-node layout starts some on each node."""
     gpus: dict[str, list[int]] = field(default_factory=dict)
     """`ixt up` on a GPU node: role -> the GPU indices it may use (its CUDA_VISIBLE_DEVICES), e.g.
     {learner: [0], reward: [1], generator: [2, 3]}. The generator list is split in order,
@@ -313,6 +315,66 @@ class TrainConfig:
 
 
 @dataclass
+class ExperimentScaleConfig:
+    """One point on the model-size axis of `ixt experiment`: a from-scratch tiny Llama or a fine-tune."""
+
+    model: str = "tiny"
+    """"tiny" (random init of `tiny`'s shape, one init per seed) or a model to fine-tune
+    ("smollm2-135m" or a folder)."""
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    responses: str = "synthetic"
+    """Training responses: synthetic (offline/synthetic.py, controlled error types) | policy (sampled
+    from this scale's own model with vLLM at `experiment.policy_temperature`)."""
+    num_prompts: int = 256
+    """Training prompts in the data pool (each with `experiment.samples_per_prompt` responses)."""
+    budget_tokens: int = 100_000
+    """Training tokens per run (feedback prefix, prompt and response, unpadded). Every arm of a scale
+    gets the same budget, so an arm with a feedback prefix sees fewer samples."""
+    lr: float = 2.0e-3
+    warmup_steps: int = 5
+    eval_max_new_tokens: int = 80
+    """Greedy tokens per held-out answer (the synthetic responses are ~60 tokens)."""
+
+
+@dataclass
+class ExperimentConfig:
+    """`ixt experiment`: the paper's claim in miniature (arms x scales x seeds, accuracy vs FLOPs)."""
+
+    out_dir: str = "runs/experiment"
+    """Data, checkpoints, per-run results and logs. A run whose result file exists is skipped."""
+    report_dir: str = ""
+    """results.json, PNG plots and report.md; empty = `out_dir/report`."""
+    arms: list[str] = field(default_factory=lambda: ["baseline", "filtered", "ixt", "label"])
+    """baseline (all data, no feedback) | filtered (score 1 only, no feedback) | ixt (critique + label
+    prefix) | label (label prefix only) | ixt_dropout (ixt with `feedback_dropout`)."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Training seeds (init of from-scratch models, data order, dropout draws); the data pool is shared."""
+    scales: dict[str, ExperimentScaleConfig] = field(default_factory=dict)
+    """name -> scale; set by configs/experiment/*.yaml (drop one with `~experiment.scales.<name>`)."""
+    task: TaskConfig = field(default_factory=TaskConfig)
+    """The experiment's prompts (training pool and held-out set); the top-level `task` is not used."""
+    samples_per_prompt: int = 4
+    policy_temperature: float = 1.0
+    policy_max_new_tokens: int = 96
+    milestones: int = 6
+    """Checkpoints per run at budget x 2^-k (k = milestones-1 .. 0), plus the initial weights."""
+    tokens_per_batch: int = 2048
+    max_samples_per_batch: int = 16
+    dtype: str = "bf16"
+    """Learner dtype (bf16 | fp32); evaluation runs vLLM in bfloat16."""
+    feedback_dropout: float = 0.5
+    """Dropout of the ixt_dropout arm."""
+    eval_conditions: list[str] = field(default_factory=lambda: ["positive", "negative", "none"])
+    """Conditions evaluated at the final checkpoint; earlier checkpoints are evaluated "positive" only."""
+    workers: int = 2
+    """Training / evaluation subprocesses at a time (one torch thread each)."""
+    bootstrap: int = 2000
+    """Bootstrap resamples over seeds for confidence intervals."""
+    keep_checkpoints: bool = False
+    """Keep milestone state dicts after evaluation (they are deleted once a run's result is written)."""
+
+
+@dataclass
 class IxtConfig:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -326,6 +388,7 @@ class IxtConfig:
     annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
 
 REWARD_BACKENDS = ("verifier", "vllm", "openai", "hybrid", "sglang", "null")

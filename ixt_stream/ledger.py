@@ -5,7 +5,8 @@
 SQLite in WAL mode in the run directory: several processes write small batches concurrently, and
 whatever was committed survives a kill -9 of any of them. Every training event is appended to its
 own table (no uniqueness), so a sample trained twice is visible rather than silently absorbed.
-The conservation check: generated = trained + dropped + in flight, and no id trained twice.
+The conservation check: generated = trained + dropped + in flight, no id trained twice, and no
+id trained without a critique (`critiqued_at` is stamped once and never cleared).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ CREATE TABLE IF NOT EXISTS samples (
     state TEXT NOT NULL,
     step INTEGER,
     reason TEXT,
-    updated_at REAL
+    updated_at REAL,
+    critiqued_at REAL
 );
 CREATE TABLE IF NOT EXISTS trainings (sample_id TEXT NOT NULL, step INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS trainings_id ON trainings (sample_id);
@@ -41,6 +43,13 @@ class Ledger:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(samples)")}
+        if "critiqued_at" not in columns:  # a ledger written before the column existed
+            try:
+                self.db.execute("ALTER TABLE samples ADD COLUMN critiqued_at REAL")
+            except sqlite3.OperationalError as e:  # another process added it first
+                if "duplicate column" not in str(e):
+                    raise
 
     def _tx(self, sql: str, rows: Iterable[tuple]) -> None:
         rows = list(rows)
@@ -52,13 +61,14 @@ class Ledger:
 
     def generated(self, samples: Iterable[Sample]) -> None:
         now = time.time()
-        self._tx("INSERT OR IGNORE INTO samples VALUES (?, ?, ?, 'generated', NULL, NULL, ?)",
+        self._tx("INSERT OR IGNORE INTO samples (sample_id, generator_id, weight_version, state, updated_at) "
+                 "VALUES (?, ?, ?, 'generated', ?)",
                  ((s.sample_id, s.generator_id, s.weight_version, now) for s in samples))
 
     def critiqued(self, sample_ids: Iterable[str]) -> None:
         now = time.time()
-        self._tx("UPDATE samples SET state='critiqued', updated_at=? WHERE sample_id=? AND state='generated'",
-                 ((now, i) for i in sample_ids))
+        self._tx("UPDATE samples SET state='critiqued', updated_at=?, critiqued_at=? "
+                 "WHERE sample_id=? AND state='generated'", ((now, now, i) for i in sample_ids))
 
     def trained(self, sample_ids: Iterable[str], step: int) -> None:
         ids, now = list(sample_ids), time.time()
@@ -85,15 +95,17 @@ class Ledger:
             found.update(r[0] for r in self.db.execute(q, chunk))
         return found
 
-    def untrain_after(self, step: int) -> int:
-        """Forget training events after `step` (a learner resumed from an older checkpoint):
-        those samples are no longer in the model, so they return to 'critiqued'. Returns how many."""
+    def untrain_after(self, step: int, drop_reason: str = "") -> int:
+        """Forget training events after `step` (a learner resumed from an older checkpoint): those
+        samples are no longer in the model. They return to 'critiqued', or, with `drop_reason`, are
+        marked dropped (the crashed learner consumed them; nothing sends them again). Returns how many."""
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             ids = [r[0] for r in self.db.execute("SELECT DISTINCT sample_id FROM trainings WHERE step > ?", (step,))]
             self.db.execute("DELETE FROM trainings WHERE step > ?", (step,))
-            self.db.executemany("UPDATE samples SET state='critiqued', step=NULL WHERE sample_id=?",
-                                ((i,) for i in ids))
+            state, reason = ("dropped", drop_reason) if drop_reason else ("critiqued", None)
+            self.db.executemany("UPDATE samples SET state=?, reason=?, step=NULL, updated_at=? WHERE sample_id=?",
+                                ((state, reason, time.time(), i) for i in ids))
         return len(ids)
 
     def summary(self) -> dict:
@@ -103,6 +115,8 @@ class Ledger:
         twice = self.db.execute(
             "SELECT COUNT(*) FROM (SELECT sample_id FROM trainings GROUP BY sample_id HAVING COUNT(*) > 1)"
         ).fetchone()[0]
+        uncritiqued = self.db.execute(
+            "SELECT COUNT(*) FROM samples WHERE state='trained' AND critiqued_at IS NULL").fetchone()[0]
         generated = sum(counts.values())
         trained, dropped = counts.get("trained", 0), counts.get("dropped", 0)
         in_flight = sum(counts.get(s, 0) for s in IN_FLIGHT)
@@ -110,8 +124,9 @@ class Ledger:
             "SELECT weight_version, COUNT(*) FROM samples GROUP BY weight_version").fetchall())
         return {
             "generated": generated, "trained": trained, "dropped": dropped, "in_flight": in_flight,
-            "dropped_by_reason": reasons, "trained_twice": twice, "samples_by_weight_version": versions,
-            "conserved": generated == trained + dropped + in_flight and twice == 0,
+            "dropped_by_reason": reasons, "trained_twice": twice, "trained_without_critique": uncritiqued,
+            "samples_by_weight_version": versions,
+            "conserved": generated == trained + dropped + in_flight and twice == 0 and uncritiqued == 0,
         }
 
     def close(self) -> None:
@@ -132,5 +147,6 @@ def main(argv: list[str]) -> int:
     s = Ledger(path).summary()
     print(json.dumps(s, indent=2))
     print(f"generated {s['generated']} = trained {s['trained']} + dropped {s['dropped']} + in flight "
-          f"{s['in_flight']}; trained twice: {s['trained_twice']} -> {'OK' if s['conserved'] else 'VIOLATED'}")
+          f"{s['in_flight']}; trained twice: {s['trained_twice']}; trained without a critique: "
+          f"{s['trained_without_critique']} -> {'OK' if s['conserved'] else 'VIOLATED'}")
     return 0 if s["conserved"] else 1

@@ -36,6 +36,7 @@ RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXC
                        grpc.StatusCode.RESOURCE_EXHAUSTED})
 _RETRYABLE_NAMES = frozenset(code.name for code in RETRYABLE)
 SERVICE = pb.DESCRIPTOR.services_by_name["RewardModel"].full_name
+MAX_RECONNECT_BACKOFF_MS = 2000
 
 
 class CritiqueError(RuntimeError):
@@ -90,7 +91,10 @@ class RewardClient:
         self._metadata = call_metadata(auth_token)
         self._slots = asyncio.Semaphore(max_in_flight)
         options = [("grpc.max_receive_message_length", max_message_bytes),
-                   ("grpc.max_send_message_length", max_message_bytes)]
+                   ("grpc.max_send_message_length", max_message_bytes),
+                   # gRPC's own reconnect backoff grows to 2 min: a restarted service would sit
+                   # unused for a long time after it is SERVING again
+                   ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS)]
         if tls_ca is not None:
             creds = grpc.ssl_channel_credentials(root_certificates=tls_ca)
             self._channel = grpc.aio.secure_channel(address, creds, options=options)

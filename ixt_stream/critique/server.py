@@ -1,7 +1,9 @@
 """The gRPC service `ixt.v1.RewardModel` over any critic `Backend`.
 
 The contract (see protos/ixt/v1/ixt.proto): malformed requests get INVALID_ARGUMENT with a reason
-(on the stream: that item gets `error`, the stream goes on); more than `max_concurrent_requests`
+(on the stream: that item gets `error`, the stream goes on), bytes that do not even parse as the
+request message (bad wire format, invalid UTF-8 in a string) included: grpc itself would answer
+UNKNOWN for those and end the whole stream; more than `max_concurrent_requests`
 items in flight get RESOURCE_EXHAUSTED instead of an unbounded queue; a unary call stops at its
 deadline; nothing a caller sends can crash the server (backend failures become INTERNAL, transient
 ones UNAVAILABLE). Health (`grpc.health.v1`) says SERVING once the server runs, which is after the
@@ -22,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Gauge, Histogram
@@ -53,12 +56,50 @@ class Fail(Exception):
         self.message = message
 
 
-def to_sample(req: pb.CritiqueRequest, max_field_bytes: int) -> Sample:
+class Undecodable:
+    """Request bytes that are not a valid message of the expected type; `error` says why."""
+
+    sample_id = ""
+
+    def __init__(self, error: str):
+        self.error = error
+
+
+def _lenient(message_type):
+    """A request deserializer that returns Undecodable instead of raising (grpc would answer UNKNOWN)."""
+
+    def decode(data: bytes):
+        try:
+            return message_type.FromString(data)
+        except DecodeError as e:
+            return Undecodable(str(e))
+
+    return decode
+
+
+def _method_handlers(servicer: RewardServicer) -> dict[str, grpc.RpcMethodHandler]:
+    """The generated registration, with lenient request decoding."""
+    return {
+        "Critique": grpc.unary_unary_rpc_method_handler(
+            servicer.Critique, request_deserializer=_lenient(pb.CritiqueRequest),
+            response_serializer=pb.CritiqueResponse.SerializeToString),
+        "CritiqueStream": grpc.stream_stream_rpc_method_handler(
+            servicer.CritiqueStream, request_deserializer=_lenient(pb.CritiqueRequest),
+            response_serializer=pb.CritiqueResponse.SerializeToString),
+        "Describe": grpc.unary_unary_rpc_method_handler(
+            servicer.Describe, request_deserializer=_lenient(pb.DescribeRequest),
+            response_serializer=pb.ModelCard.SerializeToString),
+    }
+
+
+def to_sample(req: pb.CritiqueRequest | Undecodable, max_field_bytes: int) -> Sample:
     """Validate a request and turn it into a Sample; raises Fail(INVALID_ARGUMENT) with the reason."""
 
     def bad(why: str) -> Fail:
         return Fail(grpc.StatusCode.INVALID_ARGUMENT, why)
 
+    if isinstance(req, Undecodable):
+        raise bad(f"the request is not a valid {pb.CritiqueRequest.DESCRIPTOR.full_name}: {req.error}")
     if not req.sample_id:
         raise bad("sample_id is required")
     if len(req.sample_id.encode()) > MAX_SAMPLE_ID_BYTES:
@@ -176,6 +217,8 @@ class RewardServicer(pb_grpc.RewardModelServicer):
                 task.cancel()
 
     async def Describe(self, request, context):
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not a DescribeRequest: {request.error}")
         return codec.card_to_pb(self.card)
 
 
@@ -207,7 +250,9 @@ class RewardServer:
 
     async def start(self) -> int:
         self._server = grpc.aio.server(interceptors=self._interceptors, options=self._options)
-        pb_grpc.add_RewardModelServicer_to_server(self.servicer, self._server)
+        handlers = _method_handlers(self.servicer)
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        self._server.add_registered_method_handlers(SERVICE, handlers)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

@@ -10,9 +10,13 @@ have overlapped; the queue is bounded, so a slow learner pushes back on the whol
 instead of buffering without limit. Off-policy control: a sample produced by weights more than
 `max_version_lag` versions behind the newest published one is dropped with reason `stale`.
 Resume: with `learner.save_every`, DeepSpeed checkpoints go to `run_dir/checkpoints`; a restarted
-learner loads the newest, forgets ledger training events after that step (those updates were lost
-with the crash; their samples are trained again when they arrive again, never twice in the
-model), and continues the version count from `weights/LATEST`.
+learner loads the newest intact one (model, optimizer, step, skipped steps, torch RNG; the LR is
+a function of the step; a corrupt or unfinished checkpoint is refused and the previous one used),
+forgets ledger training events after that step (those updates were lost with the crash, and the
+crashed process had consumed their samples: they are ledgered dropped, `rolled_back`, so nothing
+is ever trained twice in the model), and continues the version count from `weights/LATEST`, so
+the generators, which keep serving their last weights meanwhile, never see a version go back.
+With no intact checkpoint it refuses to start, unless `learner.fresh_on_corrupt_checkpoint`.
 Left out: several learner ranks (ZeRO across processes) in the online loop; multi-epoch replay.
 """
 
@@ -89,6 +93,7 @@ class Prefetcher(threading.Thread):
 def run(cfg: IxtConfig, stop: threading.Event) -> dict:
     """Train until `learner.max_steps` or `stop`; returns the final summary."""
     from ixt_stream.batch.collate import collate, pack
+    from ixt_stream.update import checkpoint_integrity as integrity
     from ixt_stream.update.learner import Learner
     from ixt_stream.weights import publish
 
@@ -105,9 +110,16 @@ def run(cfg: IxtConfig, stop: threading.Event) -> dict:
 
     # -- resume -----------------------------------------------------------------------------------
     version, ckpt_dir = 0, run_dir / "checkpoints"
-    if (ckpt_dir / "latest").exists():
-        step = learner.load_checkpoint(ckpt_dir)
-        forgotten = ledger.untrain_after(step)
+    if integrity.tags(ckpt_dir):
+        try:
+            step = learner.load_checkpoint(ckpt_dir)
+        except integrity.CorruptCheckpoint as e:
+            # getattr: the LearnerConfig field is being added by the config's owner
+            if not getattr(lc, "fresh_on_corrupt_checkpoint", False):
+                raise
+            log.error("%s; starting from the initial weights (learner.fresh_on_corrupt_checkpoint)", e)
+            step = 0
+        forgotten = ledger.untrain_after(step, drop_reason="rolled_back")
         latest = run_dir / "weights" / publish.LATEST
         version = json.loads(latest.read_text())["version"] if latest.exists() else 0
         log.info("resumed at step %d, weights v%d (%d later training events forgotten)", step, version, forgotten)
@@ -195,6 +207,8 @@ def run(cfg: IxtConfig, stop: threading.Event) -> dict:
                 log.info("step %d loss %.4f | %d samples, %.0f tok/s | v%d | busy %.0f%% | gens %s",
                          learner.step, metrics["train/loss"], samples_trained, metrics["train/tokens_per_s"],
                          version, 100 * busy / wall, prefetch.generator_versions)
+            if learner.step >= lc.max_steps:
+                break  # now, not when the next group is complete (no more samples may come)
         if learner.step > 0:
             learner.save_hf(run_dir / "final")
             if lc.save_every:

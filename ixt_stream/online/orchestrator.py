@@ -9,7 +9,10 @@ conditions and pushes. When the learner is slow the PUSH blocks, the stream stop
 samples socket fills and the generators block: back-pressure end to end, nothing dropped. A
 critique that fails for good (after the client's retries) is dropped with reason
 `critique_failed`; a sample too long for `condition.max_seq_len` with `too_long`. Both go to the
-ledger, so no sample is trained without a critique or lost silently.
+ledger, so no sample is trained without a critique or lost silently. When the reward service
+stays down through every retry (a crash and restart), the stream ends with `CritiqueError`: the
+orchestrator waits for the service's health to say SERVING again (up to `client.ready_timeout_s`)
+and opens a new stream that first resends every sample taken off the socket but not yet answered.
 Left out: re-critiquing with a second reward model, critique caching across samples.
 """
 
@@ -24,14 +27,16 @@ from pathlib import Path
 from ixt_stream import models
 from ixt_stream.condition import Conditioner
 from ixt_stream.config import IxtConfig
-from ixt_stream.critique.client import RewardClient
+from ixt_stream.critique.client import RETRYABLE, CritiqueError, RewardClient
 from ixt_stream.ledger import Ledger
 from ixt_stream.metrics import MetricsSink
 from ixt_stream.online.supervisor import write_status
 from ixt_stream.stream import sockets
+from ixt_stream.types import Sample
 
 log = logging.getLogger(__name__)
 NAME = "orchestrator"
+TRANSIENT = frozenset(code.name for code in RETRYABLE)
 
 
 async def run(cfg: IxtConfig, stop: asyncio.Event) -> dict:
@@ -42,23 +47,57 @@ async def run(cfg: IxtConfig, stop: asyncio.Event) -> dict:
     samples = sockets.receiver(cfg.stream, "samples", cfg.run.run_id)
     out = sockets.sender(cfg.stream, "conditioned", cfg.run.run_id)
     sink = MetricsSink(run_dir, NAME, prometheus_port=cfg.run.metrics_port)
-    counts = {"received": 0, "conditioned": 0, "critique_failed": 0, "too_long": 0}
+    counts = {"received": 0, "conditioned": 0, "critique_failed": 0, "too_long": 0, "stream_restarts": 0}
     latency_ms: deque[float] = deque(maxlen=256)
     scores: deque[float] = deque(maxlen=256)
     started = time.perf_counter()
 
+    def report(elapsed: float) -> None:
+        lat = sorted(latency_ms)
+        metrics = {
+            **{f"orchestrator/{k}": v for k, v in counts.items()},
+            "orchestrator/pending": len(pending),
+            "orchestrator/critiques_per_s": counts["conditioned"] / elapsed,
+            "critique/latency_ms_p50": lat[len(lat) // 2],
+            "critique/score_mean": sum(scores) / len(scores),
+            "orchestrator/rejected_frames": sum(samples.rejects.values()),
+        }
+        sink.log(metrics, step=counts["conditioned"])
+        write_status(run_dir, NAME, metrics)
+
+    pending: dict[str, Sample] = {}
+    """Samples taken off the socket and not yet answered: what a new stream sends again."""
+    receiving: list[asyncio.Task] = []
+    """The one outstanding socket read. It outlives a torn-down stream (cancelling it could lose
+    a frame it already took), and the next stream's `incoming` picks it up."""
+
     async def incoming():
+        for sample in list(pending.values()):  # what a broken stream held
+            yield sample
         while not stop.is_set():
-            recv = asyncio.ensure_future(samples.arecv())
+            if not receiving:
+                receiving.append(asyncio.ensure_future(samples.arecv()))
             halt = asyncio.ensure_future(stop.wait())
-            done, _ = await asyncio.wait({recv, halt}, return_when=asyncio.FIRST_COMPLETED)
-            if recv not in done:
-                recv.cancel()
-                halt.cancel()
-                return
+            await asyncio.wait({receiving[0], halt}, return_when=asyncio.FIRST_COMPLETED)
             halt.cancel()
+            if not receiving[0].done():
+                return  # stopping
+            sample = receiving.pop().result()
             counts["received"] += 1
-            yield recv.result()
+            pending[sample.sample_id] = sample
+            yield sample
+
+    async def serving() -> bool:
+        """Wait until the reward service is SERVING again; False if stopped meanwhile."""
+        ready = asyncio.ensure_future(client.wait_ready(cfg.client.ready_timeout_s))
+        halt = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({ready, halt}, return_when=asyncio.FIRST_COMPLETED)
+        halt.cancel()
+        if not ready.done():
+            ready.cancel()
+            return False
+        ready.result()  # TimeoutError: the service is gone for good
+        return True
 
     async def push(body) -> bool:
         """Queue one frame, waiting at the HWM (never dropping) but noticing a stop."""
@@ -72,43 +111,44 @@ async def run(cfg: IxtConfig, stop: asyncio.Event) -> dict:
 
     client = RewardClient.from_config(cfg.client)
     try:
-        await client.wait_ready()
-        log.info("reward service %s is SERVING; critiquing", cfg.client.address)
         last_report = 0.0
-        async for result in client.stream(incoming()):
-            sid = result.sample.sample_id
-            if result.error is not None:
-                counts["critique_failed"] += 1
-                ledger.dropped([(sid, "critique_failed")])
-                log.warning("critique of %s failed for good: %s", sid, result.error)
-                continue
+        while await serving():
+            log.info("reward service %s is SERVING; critiquing (%d pending)", cfg.client.address, len(pending))
             try:
-                conditioned = conditioner.condition(result.sample, result.critique)
-            except ValueError as e:
-                counts["too_long"] += 1
-                ledger.dropped([(sid, "too_long")])
-                log.warning("%s", e)
-                continue
-            ledger.critiqued([sid])
-            if not await push(conditioned):
-                continue  # stopping: it stays 'critiqued' (in flight) in the ledger
-            counts["conditioned"] += 1
-            latency_ms.append(result.critique.latency_ms)
-            scores.append(result.critique.score)
-            if time.perf_counter() - last_report > 2.0:
-                last_report = time.perf_counter()
-                elapsed = last_report - started
-                lat = sorted(latency_ms)
-                metrics = {
-                    **{f"orchestrator/{k}": v for k, v in counts.items()},
-                    "orchestrator/critiques_per_s": counts["conditioned"] / elapsed,
-                    "critique/latency_ms_p50": lat[len(lat) // 2],
-                    "critique/score_mean": sum(scores) / len(scores),
-                    "orchestrator/rejected_frames": sum(samples.rejects.values()),
-                }
-                sink.log(metrics, step=counts["conditioned"])
-                write_status(run_dir, NAME, metrics)
+                async for result in client.stream(incoming()):
+                    sid = result.sample.sample_id
+                    pending.pop(sid, None)
+                    if result.error is not None:
+                        counts["critique_failed"] += 1
+                        ledger.dropped([(sid, "critique_failed")])
+                        log.warning("critique of %s failed for good: %s", sid, result.error)
+                        continue
+                    try:
+                        conditioned = conditioner.condition(result.sample, result.critique)
+                    except ValueError as e:
+                        counts["too_long"] += 1
+                        ledger.dropped([(sid, "too_long")])
+                        log.warning("%s", e)
+                        continue
+                    ledger.critiqued([sid])
+                    if not await push(conditioned):
+                        continue  # stopping: it stays 'critiqued' (in flight) in the ledger
+                    counts["conditioned"] += 1
+                    latency_ms.append(result.critique.latency_ms)
+                    scores.append(result.critique.score)
+                    if time.perf_counter() - last_report > 2.0:
+                        last_report = time.perf_counter()
+                        report(last_report - started)
+                break  # the samples socket was closed by a stop
+            except CritiqueError as e:
+                if e.code not in TRANSIENT:
+                    raise  # e.g. UNAUTHENTICATED: waiting does not fix it
+                counts["stream_restarts"] += 1
+                log.warning("reward stream failed for good (%s); %d samples pending; waiting for %s",
+                            e, len(pending), cfg.client.address)
     finally:
+        for task in receiving:
+            task.cancel()
         await client.close()
         write_status(run_dir, NAME, {**{f"orchestrator/{k}": v for k, v in counts.items()},
                                      "orchestrator/rejects": dict(samples.rejects)})

@@ -12,7 +12,11 @@ Services start in `ROLES` order (reward, learner, orchestrator, generators): the
 ZeroMQ sockets first, though ZeroMQ would also connect in any order. `ixt up` skips services that
 are already alive, so re-running it restarts only the dead ones. Each service gets
 OMP_NUM_THREADS from its role's `threads` setting (1 elsewhere): on two cores co-located processes
-thrash otherwise. Left out: automatic restarts, remote hosts, and log rotation.
+thrash otherwise. On a GPU node `run.gpus` gives each service its CUDA_VISIBLE_DEVICES (generator
+i its own `tensor_parallel_size` slice of the generators' list), and a learner with
+`learner.num_gpus > 1` starts under the deepspeed launcher, one rank per GPU (DS_ACCELERATOR=cuda
+overrides the Makefile's CPU default for it). Left out: automatic restarts, remote hosts (start
+each node's roles there with `run.roles`, see README "GPU nodes"), and log rotation.
 """
 
 from __future__ import annotations
@@ -23,10 +27,10 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ixt_stream.config import IxtConfig, load
+from ixt_stream.config import ConfigError, IxtConfig, load
 
 ROLES = ("reward", "learner", "orchestrator", "generator")
 
@@ -37,20 +41,51 @@ class Service:
     """Unique in the run: the role, or `generator-<i>` for the pool."""
     argv: list[str]
     threads: int = 1
+    env: dict[str, str] = field(default_factory=dict)
+    """Set on top of the inherited environment (CUDA_VISIBLE_DEVICES, DS_ACCELERATOR)."""
+
+
+def _gpus(cfg: IxtConfig, role: str, start: int = 0, count: int | None = None, needed_by: str = "") -> dict[str, str]:
+    """CUDA_VISIBLE_DEVICES for GPUs [start, start + count) (all if None) of `run.gpus[role]`; {} if
+    the role is not listed."""
+    ids = cfg.run.gpus.get(role)
+    if ids is None:
+        return {}
+    end = len(ids) if count is None else start + count
+    if not ids or len(ids) < end:
+        raise ConfigError(f"run.gpus.{role}: lists {len(ids)} GPUs, {needed_by or role} needs {max(end, 1)}")
+    return {"CUDA_VISIBLE_DEVICES": ",".join(map(str, ids[start:end]))}
 
 
 def stack(cfg: IxtConfig, overrides: list[str]) -> list[Service]:
     """The services of the online loop for `cfg`, each forwarded the same `overrides`."""
+    for name, roles in (("run.roles", cfg.run.roles), ("run.gpus", cfg.run.gpus)):
+        if unknown := sorted(set(roles) - set(ROLES)):
+            raise ConfigError(f"{name}: unknown role(s) {unknown}; roles are {', '.join(ROLES)}")
+    if cfg.learner.num_gpus < 1:
+        raise ConfigError("learner.num_gpus: must be >= 1")
     serve = [sys.executable, "-m", "ixt_stream.cli", "serve"]
+    gen, lc = cfg.generator, cfg.learner
     out = []
-    for role in ROLES:
+    for role in (r for r in ROLES if r in cfg.run.roles):
         if role == "generator":
-            for i in range(cfg.generator.num_generators):
+            tp = gen.tensor_parallel_size
+            need = f"generator.num_generators x tensor_parallel_size = {gen.num_generators} x {tp}"
+            for i in range(gen.num_generators):
                 argv = [*serve, role, *overrides, f"generator.index={i}"]
-                out.append(Service(f"generator-{i}", argv, cfg.generator.threads))
+                env = _gpus(cfg, role, i * tp, tp, need)
+                out.append(Service(f"generator-{i}", argv, gen.threads, env))
+        elif role == "learner":
+            argv, env = [*serve, role, *overrides], _gpus(cfg, role, 0, lc.num_gpus, f"learner.num_gpus={lc.num_gpus}")
+            if lc.num_gpus > 1:  # one rank per GPU; ranks read LOCAL_RANK from the env, not --local_rank
+                launcher = [sys.executable, "-m", "deepspeed.launcher.runner", f"--master_port={lc.master_port}",
+                            *([] if env else [f"--num_gpus={lc.num_gpus}"]), "--no_local_rank", "--module"]
+                argv = [*launcher, "ixt_stream.cli", "serve", role, *overrides]
+            if env or lc.num_gpus > 1:
+                env["DS_ACCELERATOR"] = "cuda"
+            out.append(Service(role, argv, lc.threads, env))
         else:
-            threads = cfg.learner.threads if role == "learner" else 1
-            out.append(Service(role, [*serve, role, *overrides], threads))
+            out.append(Service(role, [*serve, role, *overrides], 1, _gpus(cfg, role)))
     if cfg.run.metrics_port:
         for i, s in enumerate(out):
             s.argv.append(f"run.metrics_port={cfg.run.metrics_port + i}")
@@ -135,7 +170,7 @@ def up(run_dir: str | Path, services: list[Service], settle_s: float = 1.0) -> d
         if s.name in running and _ours(running[s.name]):
             continue
         log_path = run / "logs" / f"{s.name}.log"
-        env = {**os.environ, "OMP_NUM_THREADS": str(s.threads), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "OMP_NUM_THREADS": str(s.threads), "PYTHONUNBUFFERED": "1", **s.env}
         with log_path.open("ab") as log:
             proc = subprocess.Popen(s.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env=env, start_new_session=True)

@@ -24,6 +24,9 @@ Choices:
   rate; it is counted in `skipped_steps`. The loss is checked before backward. Gradients are
   checked by DeepSpeed's optimizer for bf16 and for every ZeRO stage (`was_step_applied`), and
   here for ZeRO-0 fp32, where DeepSpeed passes them unchecked to the torch optimizer.
+- Checkpoints also carry the torch RNG state (DeepSpeed saves none) and a sha256 manifest
+  (`checkpoint_integrity`); `load_checkpoint` refuses a corrupt, truncated or unfinished one and
+  falls back to the previous intact one.
 
 Left out: gradient accumulation (a step is one token-budget batch), activation checkpointing,
 optimizer offload, LoRA, a decaying LR schedule.
@@ -42,6 +45,7 @@ import torch
 
 from ixt_stream.batch.collate import TensorBatch
 from ixt_stream.config import LearnerConfig
+from ixt_stream.update import checkpoint_integrity as integrity
 from ixt_stream.update.loss import token_loss
 
 log = logging.getLogger(__name__)
@@ -243,20 +247,53 @@ class Learner:
 
     # -- resume -----------------------------------------------------------------------------------
 
-    def save_checkpoint(self, folder: str | Path) -> None:
-        """DeepSpeed checkpoint (weights, optimizer state, step counters) under `folder/step-N`."""
+    def save_checkpoint(self, folder: str | Path) -> Path:
+        """DeepSpeed checkpoint (weights, optimizer state, step counters, torch RNG) under
+        `folder/step-N`, then its sha256 manifest (`checkpoint_integrity`). Returns the tag folder."""
+        tag_dir = Path(folder) / f"step-{self.step}"
+        integrity.remove_manifest(tag_dir)  # a re-save of this tag is unfinished until the end
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
         self.engine.save_checkpoint(
-            str(folder), tag=f"step-{self.step}",
+            str(folder), tag=tag_dir.name,
             # Own key names: DeepSpeed stores (and strips on load) its own `skipped_steps`, which
-            # misses the steps skipped here before backward.
-            client_state={"ixt_step": self.step, "ixt_skipped_steps": self.skipped_steps},
+            # misses the steps skipped here before backward. DeepSpeed saves no RNG state itself.
+            client_state={"ixt_step": self.step, "ixt_skipped_steps": self.skipped_steps, "ixt_rng": rng},
         )
+        if self.engine.global_rank == 0:  # DeepSpeed's save ends with a barrier: every rank's files exist
+            integrity.write_manifest(tag_dir)
+        return tag_dir
 
     def load_checkpoint(self, folder: str | Path) -> int:
-        """Restore the latest checkpoint in `folder`; returns the step it resumes at."""
-        path, client = self.engine.load_checkpoint(str(folder))
-        if path is None:
+        """Restore the newest intact checkpoint in `folder`; returns the step it resumes at.
+
+        Each tag is verified against its manifest first: a corrupt, truncated or unfinished one is
+        logged (naming the file) and the next older one is tried. Raises FileNotFoundError when
+        `folder` holds no checkpoint, integrity.CorruptCheckpoint when none is intact.
+        """
+        candidates = integrity.tags(folder)
+        if not candidates:
             raise FileNotFoundError(f"no DeepSpeed checkpoint in {folder}")
-        self.step = int(client["ixt_step"])
-        self.skipped_steps = int(client["ixt_skipped_steps"])
-        return self.step
+        refused = []
+        for tag_dir in candidates:
+            try:
+                integrity.verify(tag_dir)
+            except integrity.CorruptCheckpoint as e:
+                log.error("%s; trying an older checkpoint", e)
+                refused.append(str(e))
+                continue
+            path, client = self.engine.load_checkpoint(str(folder), tag=tag_dir.name)
+            if path is None:
+                raise FileNotFoundError(f"DeepSpeed could not load {tag_dir}")
+            self.step = int(client["ixt_step"])
+            self.skipped_steps = int(client["ixt_skipped_steps"])
+            rng = client.get("ixt_rng", {})
+            if "cpu" in rng:
+                torch.set_rng_state(rng["cpu"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            if refused:
+                log.warning("resumed from %s, an older checkpoint: %d newer ones refused", tag_dir, len(refused))
+            return self.step
+        raise integrity.CorruptCheckpoint(folder, "no intact checkpoint: " + "; ".join(refused))

@@ -88,17 +88,6 @@ GENERATION, WANT = "generation", "want"
 # -- the payload: one flat byte buffer and its JSON header -----------------------------------
 
 
-def backend_for(name: str) -> str:
-    """`name` checked, or (empty) NCCL where CUDA is available, else gloo."""
-    if name not in ("", "gloo", "nccl"):
-        raise ValueError(f"stream.collective_backend={name!r}: choose gloo, nccl or empty (auto)")
-    return name or ("nccl" if torch.cuda.is_available() else "gloo")
-
-
-def _device(backend: str) -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-
-
 def pack(state_dict: Mapping[str, torch.Tensor], version: int,
          dtype: torch.dtype | None = None) -> tuple[bytes, torch.Tensor]:
     """(JSON header, flat uint8 CPU payload) of one version.
@@ -109,7 +98,7 @@ def pack(state_dict: Mapping[str, torch.Tensor], version: int,
     entries, offset = [], 0
     for name, t in tensors.items():
         entries.append([name, str(t.dtype).removeprefix("torch."), list(t.shape), offset])
-        offset += -(-t.numel() * t.element_size() // ALIGN) * ALIGN
+        offset += (t.numel() * t.element_size() + ALIGN - 1) // ALIGN * ALIGN
     payload = torch.zeros(offset, dtype=torch.uint8)
     for (_, _, _, start), t in zip(entries, tensors.values(), strict=True):
         raw = t.reshape(-1).view(torch.uint8)
@@ -140,6 +129,17 @@ def digest(header: bytes, payload: torch.Tensor) -> str:
 
 
 # -- the group ------------------------------------------------------------------------------
+
+
+def backend_for(name: str) -> str:
+    """`name` checked, or (empty) NCCL where CUDA is available, else gloo."""
+    if name not in ("", "gloo", "nccl"):
+        raise ValueError(f"stream.collective_backend={name!r}: choose gloo, nccl or empty (auto)")
+    return name or ("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def _device(backend: str) -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
 
 
 @contextlib.contextmanager
@@ -220,9 +220,11 @@ class CollectiveWriter:
                     self._send(header, payload)
                 break
             except RuntimeError as e:  # DistStoreError, gloo / NCCL errors and timeouts
-                log.warning("weights v%d: broadcast to %s failed (attempt %d): %s", version,
-                            self.generation or "nobody", attempt, e)
-                self._pg, self.generation, self._wants = None, "", -1
+                # Dropping the last reference closes the group's connections, so members still
+                # waiting in this broadcast fail now instead of at their timeout; hence str(e):
+                # a log record must not keep the traceback (and the group) alive.
+                failed, self._pg, self.generation, self.members, self._wants = self.generation, None, "", [], -1
+                log.warning("weights v%d: group %s failed (attempt %d): %s", version, failed or "-", attempt, str(e))
         return f"{self.base_uri}/{self.generation or 'none'}", sha256, len(header) + payload.numel()
 
     def _form(self) -> None:
@@ -353,8 +355,8 @@ class CollectiveReader:
                 else:
                     self._stop.wait(POLL_S)
             except RuntimeError as e:  # the group broke (a peer died, a timeout): ask for a new one
-                log.warning("%s: left weight group %s: %s", self.token, self._generation or g, e)
                 pg = None
+                log.warning("%s: left weight group %s: %s", self.token, self._generation or g, str(e))
                 self._set_generation("")
                 store.add(WANT, 1)
 

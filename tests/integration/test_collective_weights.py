@@ -52,8 +52,11 @@ class SavingEngine:
 
 def receiver_main(cfg_json: str, run_dir: str, name: str) -> None:
     """Apply every announced version until `run_dir/stop` exists; one JSON line per decision."""
+    import logging
+
     from safetensors.torch import save_file
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = StreamConfig(**json.loads(cfg_json))
     app, engine = apply.applier(cfg, run_dir, RUN, name), SavingEngine()
     out = Path(run_dir) / name
@@ -189,6 +192,7 @@ def test_receivers_apply_bit_identical_tensors_and_refuse_a_bad_checksum(tmp_pat
           f"then {steady_s:.3f}s")
 
 
+@pytest.mark.slow
 def test_a_dead_receiver_costs_a_bounded_wait_and_a_restarted_one_rejoins(tmp_path, stack):
     _, pub, start, procs = stack
     for name in ("generator-0", "generator-1"):

@@ -1,0 +1,289 @@
+"""Weight push: a learner optimizer step -> every generator serving the new version, phase by phase,
+against the floors of moving the same bytes (measured in the same run).
+
+Learner side (this process): the DeepSpeed `Learner` (ZeRO-0, bf16, as the CPU profile) takes one
+optimizer step, then the real publish path: `full_state_dict()` (gather), `FilesystemWriter.write`
+(cast to the published dtype, safetensors, write, SHA-256, rename: serialise+write) and the rest
+of `WeightPublisher.publish` (LATEST + the PUB announcement).
+Generator side: real processes (`python -m bench.weights --gen ...`), each an in-process vLLM
+`Engine` with the real `WeightApplier` / `FilesystemReader` on the real SUB socket, doing what the
+generator role does between engine calls, timed apart: hear the announcement (transfer/announce),
+read + verify + parse the file, `reload_weights`, `reset_prefix_cache`; then a `WeightAck` back.
+End to end = gather start -> the last generator's ack received.
+
+Floors, same payload bytes: one memcpy, and a raw ZeroMQ PUSH/PULL transfer in 4 MiB chunks to
+each generator (separate receiver processes). Sizes: tiny and SmolLM2-135M; 1 and 2 generators.
+Left out: the collective (gloo) transport (a different floor); generators busy generating (a push
+then also waits for the engine call in flight, up to one call's time).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.common import ROOT, free_port, read_jsonl, workdir
+from bench.report import Result, Row
+
+CHUNK = 4 << 20
+RUN_ID = "bench-weights"
+
+
+def stream_overrides(run_dir: Path, model: str, ports: list[int]) -> list[str]:
+    return [f"model={model}", f"run.run_dir={run_dir}", f"run.run_id={RUN_ID}", "stream.weight_transport=filesystem",
+            "stream.weight_dtype=bfloat16", f"stream.weights_port={ports[0]}", f"stream.acks_port={ports[1]}",
+            "condition.max_seq_len=512", "stream.keep_weight_versions=3"]
+
+
+# -- generator process -------------------------------------------------------------------------
+
+
+def generator_worker(argv: list[str], name: str) -> None:
+    from ixt_stream import models
+    from ixt_stream.config import load
+    from ixt_stream.sample.engine import Engine
+    from ixt_stream.stream import sockets
+    from ixt_stream.types import WeightAck
+    from ixt_stream.weights import apply
+
+    cfg = load(argv)
+    engine = Engine(models.resolve(cfg.model), dtype="bfloat16", max_model_len=cfg.condition.max_seq_len,
+                    kv_cache_gib=1, threads=1)
+    applier = apply.applier(cfg.stream, cfg.run.run_dir, RUN_ID, name)
+    acks = sockets.sender(cfg.stream, "acks", RUN_ID)
+    log = open(Path(cfg.run.run_dir) / f"bench-{name}.jsonl", "a")
+    first = True
+    while True:
+        wv = applier.poll()
+        if wv is None:
+            if first:  # nothing published yet: say we are up (version 0)
+                acks.send(WeightAck(generator_id=name, version=0, applied_at=time.time(), apply_seconds=0.0))
+                first = False
+            time.sleep(0.001)
+            continue
+        first = False
+        heard = time.time()
+        t0 = time.perf_counter()
+        state_dict = applier.reader.read(wv)
+        t1 = time.perf_counter()
+        engine.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(state_dict.items())})
+        t2 = time.perf_counter()
+        engine.llm.reset_prefix_cache()
+        t3 = time.perf_counter()
+        applier.version = wv.version
+        del state_dict
+        log.write(json.dumps({"version": wv.version, "heard": heard, "read_verify_s": t1 - t0,
+                              "reload_s": t2 - t1, "reset_s": t3 - t2}) + "\n")
+        log.flush()
+        acks.send(WeightAck(generator_id=name, version=wv.version, applied_at=time.time(), apply_seconds=t3 - t0))
+
+
+def start_generator(argv: list[str], name: str, run_dir: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    log = open(run_dir / f"{name}.log", "ab")
+    return subprocess.Popen([sys.executable, "-m", "bench.weights", "--gen", json.dumps(argv), name], cwd=ROOT,
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+# -- floors ------------------------------------------------------------------------------------
+
+
+def _pull(port: int, nbytes: int, done_port: int) -> None:
+    import zmq
+
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.bind(f"tcp://127.0.0.1:{port}")
+    done = ctx.socket(zmq.PUSH)
+    done.connect(f"tcp://127.0.0.1:{done_port}")
+    done.send(b"ready")
+    while True:
+        got = 0
+        while got < nbytes:
+            got += len(pull.recv(copy=False))
+        done.send(b"done")
+
+
+def zmq_floor(nbytes: int, receivers: int, repeat: int = 3) -> float:
+    """Median seconds to push `nbytes` in 4 MiB chunks to each of `receivers` processes (loopback TCP)."""
+    import zmq
+
+    ctx = zmq.Context()
+    done = ctx.socket(zmq.PULL)
+    done_port = done.bind_to_random_port("tcp://127.0.0.1")
+    ports = [free_port() for _ in range(receivers)]
+    procs = [mp.get_context("spawn").Process(target=_pull, args=(p, nbytes, done_port), daemon=True) for p in ports]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        done.recv()
+    socks = []
+    for p in ports:
+        s = ctx.socket(zmq.PUSH)
+        s.connect(f"tcp://127.0.0.1:{p}")
+        socks.append(s)
+    payload = bytearray(os.urandom(1 << 20)) * (CHUNK >> 20)
+    chunks = [memoryview(payload)[: min(CHUNK, nbytes - off)] for off in range(0, nbytes, CHUNK)]
+    times = []
+    for _ in range(repeat + 1):  # first round warms the connections
+        t0 = time.perf_counter()
+        for c in chunks:
+            for s in socks:
+                s.send(c, copy=False)
+        for _ in procs:
+            done.recv()
+        times.append(time.perf_counter() - t0)
+    for p in procs:
+        p.terminate()
+    for s in socks:
+        s.close(linger=0)
+    done.close(linger=0)
+    ctx.term()
+    return statistics.median(times[1:])
+
+
+def memcpy_floor(nbytes: int, repeat: int = 5) -> float:
+    import torch
+
+    src = torch.empty(nbytes, dtype=torch.uint8).fill_(1)
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(repeat + 1):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
+# -- one model size ----------------------------------------------------------------------------
+
+
+def measure_size(model: str, repeats: int, work: Path) -> dict:
+    import hashlib
+
+    import torch
+
+    from bench.transport import realistic_conditioned
+    from ixt_stream import models
+    from ixt_stream.batch.collate import collate
+    from ixt_stream.config import load
+    from ixt_stream.stream import sockets
+    from ixt_stream.update.learner import Learner
+    from ixt_stream.weights import publish
+
+    run_dir = work / model
+    run_dir.mkdir(parents=True)
+    argv = stream_overrides(run_dir, model, [free_port(), free_port()])
+    cfg = load(argv)
+    model_dir = models.resolve(cfg.model)
+    torch.set_num_threads(1)
+    learner = Learner(model_dir, zero_stage=0, dtype="bf16", lr=1e-6, threads=1)
+    batch = collate([realistic_conditioned(i) for i in range(2)], models.load_tokenizer(model_dir).pad_token_id)
+    publisher = publish.publisher(cfg.stream, str(run_dir), RUN_ID)
+    acks = sockets.receiver(cfg.stream, "acks", RUN_ID)
+    timed: dict[str, float] = {}
+    write = publisher.writer.write
+
+    def timed_write(sd, v):
+        t0 = time.perf_counter()
+        r = write(sd, v)
+        timed["write_s"] = time.perf_counter() - t0
+        return r
+
+    publisher.writer.write = timed_write
+    procs, results, version, up = [], {}, 0, set()
+    try:
+        for n in (1, 2):
+            procs.append(start_generator(argv, f"gen{n - 1}", run_dir))
+            deadline = time.time() + 600
+            while len(up) < n:  # a new generator acks version 0, or applies LATEST and acks it
+                ack = acks.recv(timeout_ms=1000)
+                if ack is not None and ack.version == version:
+                    up.add(ack.generator_id)
+                if time.time() > deadline or any(p.poll() is not None for p in procs):
+                    raise RuntimeError(f"generators did not come up: {up}\n"
+                                       + (run_dir / f"gen{n - 1}.log").read_text()[-3000:])
+            rounds = []
+            for _ in range(repeats):
+                learner.train_step(batch)  # the optimizer step whose result is pushed
+                version += 1
+                t0 = time.perf_counter()
+                sd = learner.full_state_dict()
+                t1 = time.perf_counter()
+                wv = publisher.publish(sd, version, learner.step)
+                t2 = time.perf_counter()
+                announced_at = time.time()
+                del sd
+                got = {}
+                while len(got) < n:
+                    ack = acks.recv(timeout_ms=120_000)
+                    if ack is None:
+                        raise RuntimeError("no ack within 120 s")
+                    if ack.version == version:
+                        got[ack.generator_id] = time.perf_counter()
+                t3 = max(got.values())
+                lines = [r for name in got for r in read_jsonl(run_dir / f"bench-{name}.jsonl")
+                         if r["version"] == version]
+                rounds.append({
+                    "gather_s": t1 - t0, "serialise_write_s": timed["write_s"],
+                    "announce_s": (t2 - t1) - timed["write_s"],
+                    "heard_after_s": max(r["heard"] for r in lines) - announced_at,
+                    "read_verify_s": max(r["read_verify_s"] for r in lines),
+                    "reload_s": max(r["reload_s"] for r in lines), "reset_s": max(r["reset_s"] for r in lines),
+                    "end_to_end_s": t3 - t0, "num_bytes": wv.num_bytes,
+                })
+            med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+            results[n] = {"median": med, "rounds": rounds}
+        nbytes = int(results[1]["median"]["num_bytes"])
+        payload = (Path(wv.uri) / publish.WEIGHTS_FILE).read_bytes()
+        t0 = time.perf_counter()
+        hashlib.sha256(payload).hexdigest()
+        sha_s = time.perf_counter() - t0
+        del payload
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        acks.close()
+        publisher.close()
+        del learner
+    floors = {"memcpy_s": memcpy_floor(nbytes), "zmq_1_s": zmq_floor(nbytes, 1), "zmq_2_s": zmq_floor(nbytes, 2)}
+    return {"model": model, "num_bytes": nbytes, "generators": results, "floors": floors, "sha256_once_s": sha_s}
+
+
+def run(quick: bool = False) -> Result:
+    import gc
+
+    repeats = 3 if quick else 5
+    work = workdir("weights")
+    result = Result("weights", quick=quick)
+    for model in ("tiny", "smollm2"):
+        m = measure_size(model, repeats, work)
+        gc.collect()
+        label = "tiny" if model == "tiny" else "SmolLM2-135M"
+        for n in (1, 2):
+            e2e = m["generators"][n]["median"]["end_to_end_s"]
+            floor = m["floors"][f"zmq_{n}_s"]
+            result.rows.append(Row(f"{label} ({m['num_bytes'] / 1e6:.0f} MB bf16), {n} generator{'s' * (n > 1)}: "
+                                   "step -> serving", e2e, floor, f"raw zmq 4 MiB chunks x{n}", "s", False,
+                                   "<= 2x floor", e2e <= 2 * floor))
+        result.details[model] = m
+    result.details["workdir"] = str(work)
+    return result
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--gen":
+        generator_worker(json.loads(sys.argv[2]), sys.argv[3])
+    else:
+        sys.exit("usage: python -m bench.weights --gen OVERRIDES_JSON NAME (internal)")

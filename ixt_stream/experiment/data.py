@@ -1,0 +1,160 @@
+"""The experiment's data: one annotated pool per response source, and the order every arm reads it.
+
+A pool is `num_prompts` training prompts x `samples_per_prompt` responses of mixed quality:
+synthetic ones with controlled error types (offline/synthetic.py) for from-scratch scales, or the
+scale's own samples (vLLM, temperature `policy_temperature`) for a fine-tune. Every sample is
+critiqued by the *real* reward service: `ixt serve reward` is started as a subprocess on a free
+port (any `reward.*` backend the overrides choose) and `offline.annotate` streams the pool
+through it with `RewardClient` into resumable JSONL. A finished pool gets a `.done` marker.
+
+`arm_stream` is the one place an arm's training order is decided: epoch e shuffles the *whole*
+pool with (seed, e); the filtered arm then drops every sample the critic did not score 1, so
+it reads the same order minus the rest. Epochs repeat until the caller's token budget is spent.
+
+Left out: generating fresh responses as training goes (that is the online loop, `ixt run`) and
+de-duplicating near-identical responses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from ixt_stream.config import ExperimentConfig, ExperimentScaleConfig, IxtConfig
+
+log = logging.getLogger("ixt.experiment")
+
+ARM_MODES = {"baseline": "none", "filtered": "none", "ixt": "critique", "label": "label", "ixt_dropout": "critique"}
+"""Arm -> `condition.mode` it trains (and is evaluated) under."""
+
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1",
+              "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def worker_env() -> dict[str, str]:
+    return {**os.environ, **WORKER_ENV}
+
+
+def pool_name(e: ExperimentConfig, scale: ExperimentScaleConfig) -> str:
+    """File stem of a scale's data pool; from-scratch scales with equal sizes share one."""
+    source = "synthetic" if scale.responses == "synthetic" else f"policy-{Path(scale.model).name}"
+    return f"{source}-{scale.num_prompts}x{e.samples_per_prompt}"
+
+
+# -- building a pool (in a worker process) ------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_reward_service(overrides: list[str], task_names: list[str], log_path: Path) -> tuple[subprocess.Popen, str]:
+    """`ixt serve reward` on a free loopback port; returns (process, "host:port")."""
+    port = _free_port()
+    names = "[" + ",".join(task_names) + "]"
+    cmd = [sys.executable, "-m", "ixt_stream.cli", "serve", "reward", *overrides, "reward.host=127.0.0.1",
+           f"reward.port={port}", f"task.names={names}", f"run.run_dir={log_path.parent / 'reward'}"]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(cmd, stdout=log_path.open("a"), stderr=subprocess.STDOUT, env=worker_env())
+    return proc, f"127.0.0.1:{port}"
+
+
+def stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def build_pool(cfg: IxtConfig, scale: ExperimentScaleConfig, output: Path, address: str) -> dict:
+    """Annotate one pool through the reward service at `address` (resumes a partial file)."""
+    import dataclasses
+
+    import uvloop
+
+    from ixt_stream.offline.annotate import run_async
+
+    e = cfg.experiment
+    k = e.samples_per_prompt
+    cfg = dataclasses.replace(
+        cfg, task=e.task,
+        model=dataclasses.replace(cfg.model, name=scale.model, tiny=scale.tiny),
+        client=dataclasses.replace(cfg.client, address=address),
+        generator=dataclasses.replace(cfg.generator, samples_per_prompt=k, temperature=e.policy_temperature,
+                                      max_new_tokens=e.policy_max_new_tokens, prompts_per_request=16, threads=1),
+        annotate=dataclasses.replace(cfg.annotate, source="tasks", responses=scale.responses,
+                                     output=str(output), num_samples=scale.num_prompts * k))
+    stats = uvloop.run(run_async(cfg))
+    if stats.failed:
+        raise RuntimeError(f"{stats.failed} samples failed annotation; rerun to resume")
+    summary = {"written": stats.written, "skipped": stats.skipped, "labels": dict(stats.labels),
+               "seconds": stats.seconds}
+    Path(f"{output}.done").write_text(json.dumps(summary))
+    return summary
+
+
+def main(argv: list[str]) -> int:
+    """`python -m ixt_stream.experiment.data <spec.json>`: start the critic, build the pools, stop it."""
+    from ixt_stream.config import load
+
+    spec = json.loads(Path(argv[0]).read_text())
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s data: %(message)s")
+    cfg = load(spec["overrides"])
+    proc, address = start_reward_service(spec["overrides"], cfg.experiment.task.names,
+                                         Path(spec["log_dir"]) / "reward.log")
+    try:
+        for name, output in spec["pools"].items():
+            t0 = time.perf_counter()
+            summary = build_pool(cfg, cfg.experiment.scales[name], Path(output), address)
+            print(f"pool {Path(output).name}: {summary} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    finally:
+        stop(proc)
+    return 0
+
+
+# -- reading a pool in an arm's order -----------------------------------------------------------
+
+
+def read_pool(path: Path):
+    """(Sample, Critique) pairs of a finished pool, in file order sorted by sample id (the file
+    order depends on which critiques came back first)."""
+    from ixt_stream.offline.train import read_annotated
+
+    return sorted(read_annotated(path), key=lambda row: row[0].sample_id)
+
+
+def keeps(arm: str, critique) -> bool:
+    """Whether an arm trains on a sample: the filtered arm keeps only what the critic scored 1."""
+    return arm != "filtered" or (critique is not None and critique.score >= 1.0)
+
+
+def arm_stream(rows: list, arm: str, seed: int) -> Iterator[tuple[int, object, object]]:
+    """(epoch, sample, critique) forever: the pool shuffled per (seed, epoch), filtered per arm."""
+    if not any(keeps(arm, c) for _, c in rows):
+        raise ValueError(f"arm {arm}: the critic scored no sample 1, nothing to train on")
+    epoch = 0
+    while True:
+        order = list(range(len(rows)))
+        random.Random(seed * 100_003 + epoch).shuffle(order)
+        for i in order:
+            sample, critique = rows[i]
+            if keeps(arm, critique):
+                yield epoch, sample, critique
+        epoch += 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,196 @@
+"""`ixt experiment [overrides]`: the paper's claim in miniature, end to end and resumable.
+
+    data    one annotated pool per response source (data.py: real reward service + annotate)
+    train   one process per (scale, arm, seed): DeepSpeed learner, state dicts at FLOPs milestones
+    eval    one process per scale: one vLLM engine, weights swapped per checkpoint
+    report  curves, multipliers with bootstrap CIs, plots and report.md (report.py)
+
+Every step is a subprocess with one torch thread, `experiment.workers` at a time; a scale's
+evaluation starts once its runs are trained, while the next scale trains. Workers log to
+`out_dir/logs/<job>.log`; this process prints a line per finished job and, every 30 s, the latest
+progress line of each running one. Rerunning skips finished pools, trained runs and evaluated
+runs, so a killed experiment continues where it stopped. `experiment=<name>` picks a
+configs/experiment/*.yaml (default: default).
+Left out: running scales on several machines, and retrying a failed job (rerun the command).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ixt_stream.config import ConfigError, IxtConfig, load
+from ixt_stream.experiment.data import ARM_MODES, pool_name, worker_env
+from ixt_stream.experiment.eval_runs import result_path
+
+log = logging.getLogger("ixt.experiment")
+
+
+def check(cfg: IxtConfig) -> None:
+    """What the schema cannot say about `experiment.*`; raises ConfigError naming the field."""
+    e = cfg.experiment
+    bad = [a for a in e.arms if a not in ARM_MODES]
+    if bad or "baseline" not in e.arms:
+        raise ConfigError(f"experiment.arms: need baseline, and only {', '.join(ARM_MODES)} (got {bad or e.arms})")
+    if not e.scales:
+        raise ConfigError("experiment.scales: no scale configured")
+    if len(e.seeds) < 1 or e.milestones < 1:
+        raise ConfigError("experiment.seeds / experiment.milestones: need at least one")
+    for name, s in e.scales.items():
+        if s.responses not in ("synthetic", "policy"):
+            raise ConfigError(f"experiment.scales.{name}.responses: synthetic | policy, not {s.responses!r}")
+        if s.model == "tiny" and s.tiny.hidden_size // s.tiny.num_heads != 64:
+            raise ConfigError(f"experiment.scales.{name}.tiny: hidden_size / num_heads must be 64 (vLLM CPU)")
+    if e.tokens_per_batch < cfg.condition.max_seq_len:
+        raise ConfigError("experiment.tokens_per_batch: must be >= condition.max_seq_len "
+                          f"({cfg.condition.max_seq_len})")
+
+
+@dataclass
+class Job:
+    name: str
+    cmd: list[str]
+    log: Path
+    deps: list[str] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+    started: float = 0.0
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.startswith("[")]
+    except FileNotFoundError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def run_jobs(jobs: list[Job], workers: int) -> list[str]:
+    """Run jobs (in list order, once their deps succeeded), `workers` at a time; returns failures."""
+    pending, running, ok, failed = list(jobs), [], set(), []
+    last_status = time.monotonic()
+    while pending or running:
+        for job in list(pending):
+            if len(running) >= workers:
+                break
+            if any(d in failed for d in job.deps):
+                pending.remove(job)
+                failed.append(job.name)
+                print(f"skip {job.name}: a dependency failed", flush=True)
+            elif all(d in ok for d in job.deps):
+                pending.remove(job)
+                job.log.parent.mkdir(parents=True, exist_ok=True)
+                job.proc = subprocess.Popen(job.cmd, stdout=job.log.open("w"), stderr=subprocess.STDOUT,
+                                            env=worker_env())
+                job.started = time.monotonic()
+                running.append(job)
+                print(f"start {job.name}", flush=True)
+        time.sleep(0.5)
+        for job in list(running):
+            if job.proc.poll() is None:
+                continue
+            running.remove(job)
+            took = time.monotonic() - job.started
+            if job.proc.returncode == 0:
+                ok.add(job.name)
+                print(f"done  {job.name} ({took:.0f} s) {_last_line(job.log)}", flush=True)
+            else:
+                failed.append(job.name)
+                print(f"FAIL  {job.name} (exit {job.proc.returncode}, {took:.0f} s): see {job.log}", flush=True)
+        if running and time.monotonic() - last_status > 30:
+            last_status = time.monotonic()
+            for job in running:
+                print(f"  ... {job.name}: {_last_line(job.log) or 'starting'}", flush=True)
+    return failed
+
+
+def plan(cfg: IxtConfig, overrides: list[str]) -> list[Job]:
+    """Every job still to do, in order: pools, then per scale its training runs and evaluation."""
+    from ixt_stream import models
+    from ixt_stream.config import ModelConfig
+
+    e = cfg.experiment
+    out = Path(e.out_dir)
+    py = [sys.executable, "-m"]
+
+    def spec(name: str, payload: dict) -> str:
+        path = out / "specs" / f"{name.replace('/', '-').replace(' ', '-')}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"overrides": overrides, **payload}, indent=1))
+        return str(path)
+
+    pools = {name: out / "data" / f"{pool_name(e, s)}.jsonl" for name, s in e.scales.items()}
+    todo = {}
+    for name, path in pools.items():
+        if not Path(f"{path}.done").exists() and str(path) not in todo.values():
+            todo[name] = str(path)
+    jobs = []
+    if todo:
+        payload = {"pools": todo, "log_dir": str(out / "logs")}
+        jobs.append(Job("data", py + ["ixt_stream.experiment.data", spec("data", payload)], out / "logs" / "data.log"))
+    for name, scale in e.scales.items():
+        model_dirs = {}
+        for seed in e.seeds:  # built here, once, so parallel runs never race on a cache folder
+            mc = ModelConfig(name=scale.model, cache_dir=cfg.model.cache_dir, tiny=scale.tiny, seed=seed)
+            model_dirs[seed] = models.resolve(mc)
+        trains, runs = [], []
+        for seed in e.seeds:
+            for arm in e.arms:
+                run_dir = out / "runs" / name / f"{arm}-s{seed}"
+                runs.append({"arm": arm, "seed": seed, "run_dir": str(run_dir)})
+                if result_path(out, name, arm, seed).exists():
+                    continue
+                train_json = run_dir / "train.json"
+                if train_json.exists() and json.loads(train_json.read_text()).get("done"):
+                    continue
+                job = f"train {name}/{arm}/s{seed}"
+                payload = {"scale": name, "arm": arm, "seed": seed, "run_dir": str(run_dir),
+                           "model_dir": model_dirs[seed], "data": str(pools[name])}
+                jobs.append(Job(job, py + ["ixt_stream.experiment.train_run", spec(job, payload)],
+                                out / "logs" / f"train-{name}-{arm}-s{seed}.log", deps=["data"] if todo else []))
+                trains.append(job)
+        if any(not result_path(out, name, r["arm"], r["seed"]).exists() for r in runs):
+            job = f"eval {name}"
+            payload = {"scale": name, "model_dir": model_dirs[e.seeds[0]], "runs": runs}
+            jobs.append(Job(job, py + ["ixt_stream.experiment.eval_runs", spec(job, payload)],
+                            out / "logs" / f"eval-{name}.log", deps=trains))
+    return jobs
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = load(argv)
+        check(cfg)
+    except ConfigError as e:
+        sys.stderr.write(f"config error: {e}\n")
+        return 2
+    logging.basicConfig(level=cfg.run.log_level, format="%(asctime)s %(levelname)s experiment: %(message)s")
+    e = cfg.experiment
+    out = Path(e.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "experiment.json").write_text(json.dumps(asdict(e), indent=1))
+    t0 = time.monotonic()
+    jobs = plan(cfg, argv)
+    print(f"experiment: {len(e.scales)} scales x {len(e.arms)} arms x {len(e.seeds)} seeds; "
+          f"{len(jobs)} jobs to run, {e.workers} at a time -> {out}", flush=True)
+    failed = run_jobs(jobs, e.workers)
+
+    from ixt_stream.experiment.report import write_report
+
+    report_dir = Path(e.report_dir or out / "report")
+    summary = write_report(cfg, report_dir)
+    print(f"report -> {report_dir / 'report.md'} ({time.monotonic() - t0:.0f} s)")
+    for line in summary:
+        print(line)
+    if failed:
+        print(f"{len(failed)} jobs failed: {', '.join(failed)} (rerun to resume)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
