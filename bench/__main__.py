@@ -28,8 +28,14 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(name)
             continue
         paths.append(report.write(result))
-    all_paths = sorted(report.RESULTS.glob("*.json"))
-    text = report.summary(all_paths)
+    order = {n: i for i, n in enumerate(BENCHMARKS)}
+
+    def table(folder):
+        found = sorted(folder.glob("*.json"), key=lambda p: (order.get(p.stem, len(order)), p.stem))
+        return report.summary(found) if found else "(none yet)\n"
+
+    text = (f"## Full sizes (`make bench`)\n\n{table(report.RESULTS)}\n"
+            f"## Quick sizes (`make bench QUICK=1`)\n\n{table(report.RESULTS / 'quick')}")
     (report.RESULTS / "SUMMARY.md").write_text(text)
     print(text)
     if failed:

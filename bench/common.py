@@ -86,7 +86,7 @@ class RssSampler(threading.Thread):
         self.peak: dict[str, int] = {}
         self.total_peak = 0
         self.series: list[tuple[float, dict[str, int]]] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def sample(self) -> dict[str, int]:
         now = {name: sum(rss_bytes(p) for p in pids) for name, pids in self.groups().items()}
@@ -97,12 +97,12 @@ class RssSampler(threading.Thread):
         return now
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             self.sample()
-            self._stop.wait(self.every_s)
+            self._halt.wait(self.every_s)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=5)
 
 
@@ -201,12 +201,17 @@ class RewardProcess:
     async def _wait(self, timeout_s: float) -> None:
         from ixt_stream.critique.client import RewardClient
 
+        deadline = time.time() + timeout_s
         async with RewardClient(self.address) as c:
-            try:
-                await c.wait_ready(timeout_s)
-            except TimeoutError:
-                self.stop()
-                raise RuntimeError(f"reward service did not start:\n{self.log.read_text()[-3000:]}") from None
+            while True:
+                try:
+                    await c.wait_ready(2.0)
+                    return
+                except TimeoutError:
+                    if self.proc.poll() is None and time.time() < deadline:
+                        continue
+                    self.stop()
+                    raise RuntimeError(f"reward service did not start:\n{self.log.read_text()[-3000:]}") from None
 
     @property
     def pids(self) -> list[int]:

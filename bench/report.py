@@ -64,11 +64,14 @@ def machine() -> dict:
 
 
 def write(result: Result) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    """`results/<name>.json` for full sizes, `results/quick/<name>.json` for `--quick` (neither
+    overwrites the other)."""
+    folder = RESULTS / "quick" if result.quick else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
     rows = [{**asdict(r), "ratio": r.ratio} for r in result.rows]
     doc = {"name": result.name, "quick": result.quick, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "machine": machine(), "rows": rows, "details": result.details}
-    path = RESULTS / f"{result.name}.json"
+    path = folder / f"{result.name}.json"
     path.write_text(json.dumps(doc, indent=2, default=str))
     return path
 

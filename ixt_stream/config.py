@@ -324,7 +324,9 @@ class ExperimentScaleConfig:
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     responses: str = "synthetic"
     """Training responses: synthetic (offline/synthetic.py, controlled error types) | policy (sampled
-    from this scale's own model with vLLM at `experiment.policy_temperature`)."""
+    from this scale's own model with vLLM at `experiment.policy_temperature`) | policy+synthetic
+    (both, for the same prompts: a model whose own samples are almost never right still gets good
+    examples to learn from and to filter for)."""
     num_prompts: int = 256
     """Training prompts in the data pool (each with `experiment.samples_per_prompt` responses)."""
     budget_tokens: int = 100_000
@@ -332,6 +334,8 @@ class ExperimentScaleConfig:
     gets the same budget, so an arm with a feedback prefix sees fewer samples."""
     lr: float = 2.0e-3
     warmup_steps: int = 5
+    milestones: int = 6
+    """Checkpoints per run at budget x 2^-k (k = milestones-1 .. 0), plus the initial weights."""
     eval_max_new_tokens: int = 80
     """Greedy tokens per held-out answer (the synthetic responses are ~60 tokens)."""
 
@@ -356,8 +360,6 @@ class ExperimentConfig:
     samples_per_prompt: int = 4
     policy_temperature: float = 1.0
     policy_max_new_tokens: int = 96
-    milestones: int = 6
-    """Checkpoints per run at budget x 2^-k (k = milestones-1 .. 0), plus the initial weights."""
     tokens_per_batch: int = 2048
     max_samples_per_batch: int = 16
     dtype: str = "bf16"

@@ -168,6 +168,7 @@ def summarize_scale(results: list[dict], arms: list[str], grid: np.ndarray, resa
             "curves": curves[arm].tolist(), "mean": curves[arm].mean(0).tolist(),
             "low": curves[arm].min(0).tolist(), "high": curves[arm].max(0).tolist(),
             "final": bootstrap_mean(finals[arm], resamples), "final_conditions": conditions,
+            "final_strict": bootstrap_mean([r["points"][-1].get("strict_accuracy", np.nan) for r in runs], resamples),
             "answered": float(np.mean([r["points"][-1]["answered"] for r in runs])),
             "samples_seen": float(np.mean([r["samples_seen"] for r in runs])),
             "epochs": float(np.mean([r["epochs"] for r in runs])),

@@ -1,8 +1,10 @@
 """The experiment's data: one annotated pool per response source, and the order every arm reads it.
 
 A pool is `num_prompts` training prompts x `samples_per_prompt` responses of mixed quality:
-synthetic ones with controlled error types (offline/synthetic.py) for from-scratch scales, or the
-scale's own samples (vLLM, temperature `policy_temperature`) for a fine-tune. Every sample is
+synthetic ones with controlled error types (offline/synthetic.py) for from-scratch scales, the
+scale's own samples (vLLM, temperature `policy_temperature`), or both for the same prompts (a
+fine-tuned SmolLM2-135M almost never answers right in the asked format, so its own samples alone
+leave nothing for the filtered arm and no good feedback for IXT). Every sample is
 critiqued by the *real* reward service: `ixt serve reward` is started as a subprocess on a free
 port (any `reward.*` backend the overrides choose) and `offline.annotate` streams the pool
 through it with `RewardClient` into resumable JSONL. A finished pool gets a `.done` marker.
@@ -45,7 +47,7 @@ def worker_env() -> dict[str, str]:
 
 def pool_name(e: ExperimentConfig, scale: ExperimentScaleConfig) -> str:
     """File stem of a scale's data pool; from-scratch scales with equal sizes share one."""
-    source = "synthetic" if scale.responses == "synthetic" else f"policy-{Path(scale.model).name}"
+    source = "synthetic" if scale.responses == "synthetic" else f"{scale.responses}-{Path(scale.model).name}"
     return f"{source}-{scale.num_prompts}x{e.samples_per_prompt}"
 
 
@@ -79,8 +81,8 @@ def stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
             proc.wait()
 
 
-def build_pool(cfg: IxtConfig, scale: ExperimentScaleConfig, output: Path, address: str) -> dict:
-    """Annotate one pool through the reward service at `address` (resumes a partial file)."""
+def _annotate(cfg: IxtConfig, scale: ExperimentScaleConfig, responses: str, output: Path, address: str) -> dict:
+    """One `offline.annotate` run (policy or synthetic responses) into `output`; resumes a partial file."""
     import dataclasses
 
     import uvloop
@@ -95,13 +97,33 @@ def build_pool(cfg: IxtConfig, scale: ExperimentScaleConfig, output: Path, addre
         client=dataclasses.replace(cfg.client, address=address),
         generator=dataclasses.replace(cfg.generator, samples_per_prompt=k, temperature=e.policy_temperature,
                                       max_new_tokens=e.policy_max_new_tokens, prompts_per_request=16, threads=1),
-        annotate=dataclasses.replace(cfg.annotate, source="tasks", responses=scale.responses,
+        annotate=dataclasses.replace(cfg.annotate, source="tasks", responses=responses,
                                      output=str(output), num_samples=scale.num_prompts * k))
     stats = uvloop.run(run_async(cfg))
     if stats.failed:
         raise RuntimeError(f"{stats.failed} samples failed annotation; rerun to resume")
-    summary = {"written": stats.written, "skipped": stats.skipped, "labels": dict(stats.labels),
-               "seconds": stats.seconds}
+    return {"written": stats.written, "skipped": stats.skipped, "labels": dict(stats.labels),
+            "seconds": stats.seconds}
+
+
+def build_pool(cfg: IxtConfig, scale: ExperimentScaleConfig, output: Path, address: str) -> dict:
+    """Annotate one pool through the reward service at `address`, then mark it done.
+
+    "policy+synthetic" annotates both kinds for the same prompts into part files and joins them;
+    synthetic sample ids get a `syn-` prefix (both sources number a prompt's samples 0..k-1).
+    """
+    if scale.responses != "policy+synthetic":
+        summary = _annotate(cfg, scale, scale.responses, output, address)
+    else:
+        summary, lines = {}, []
+        for part in ("policy", "synthetic"):
+            path = output.with_name(f"{output.stem}.{part}.jsonl")
+            summary[part] = _annotate(cfg, scale, part, path, address)
+            for line in path.read_text().splitlines():
+                row = json.loads(line)
+                row["sample_id"] = f"syn-{row['sample_id']}" if part == "synthetic" else row["sample_id"]
+                lines.append(json.dumps(row) + "\n")
+        output.write_text("".join(lines))
     Path(f"{output}.done").write_text(json.dumps(summary))
     return summary
 
@@ -113,8 +135,9 @@ def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[0]).read_text())
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s data: %(message)s")
     cfg = load(spec["overrides"])
+    stem = Path(next(iter(spec["pools"].values()))).stem
     proc, address = start_reward_service(spec["overrides"], cfg.experiment.task.names,
-                                         Path(spec["log_dir"]) / "reward.log")
+                                         Path(spec["log_dir"]) / f"reward-{stem}.log")
     try:
         for name, output in spec["pools"].items():
             t0 = time.perf_counter()

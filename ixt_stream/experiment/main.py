@@ -39,11 +39,14 @@ def check(cfg: IxtConfig) -> None:
         raise ConfigError(f"experiment.arms: need baseline, and only {', '.join(ARM_MODES)} (got {bad or e.arms})")
     if not e.scales:
         raise ConfigError("experiment.scales: no scale configured")
-    if len(e.seeds) < 1 or e.milestones < 1:
-        raise ConfigError("experiment.seeds / experiment.milestones: need at least one")
+    if len(e.seeds) < 1:
+        raise ConfigError("experiment.seeds: need at least one")
     for name, s in e.scales.items():
-        if s.responses not in ("synthetic", "policy"):
-            raise ConfigError(f"experiment.scales.{name}.responses: synthetic | policy, not {s.responses!r}")
+        if s.milestones < 1:
+            raise ConfigError(f"experiment.scales.{name}.milestones: need at least one")
+        if s.responses not in ("synthetic", "policy", "policy+synthetic"):
+            raise ConfigError(f"experiment.scales.{name}.responses: synthetic | policy | policy+synthetic, "
+                              f"not {s.responses!r}")
         if s.model == "tiny" and s.tiny.hidden_size // s.tiny.num_heads != 64:
             raise ConfigError(f"experiment.scales.{name}.tiny: hidden_size / num_heads must be 64 (vLLM CPU)")
     if e.tokens_per_batch < cfg.condition.max_seq_len:
@@ -57,13 +60,16 @@ class Job:
     cmd: list[str]
     log: Path
     deps: list[str] = field(default_factory=list)
+    after_failures: bool = False
+    """Start once the deps have finished, even if some failed (evaluation: it skips untrained runs)."""
     proc: subprocess.Popen | None = None
     started: float = 0.0
 
 
 def _last_line(path: Path) -> str:
     try:
-        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.startswith("[")]
+        lines = [ln for ln in path.read_text(errors="replace").splitlines()
+                 if ln.startswith(("[train", "[eval", "pool "))]
     except FileNotFoundError:
         return ""
     return lines[-1] if lines else ""
@@ -77,11 +83,11 @@ def run_jobs(jobs: list[Job], workers: int) -> list[str]:
         for job in list(pending):
             if len(running) >= workers:
                 break
-            if any(d in failed for d in job.deps):
+            if any(d in failed for d in job.deps) and not job.after_failures:
                 pending.remove(job)
                 failed.append(job.name)
                 print(f"skip {job.name}: a dependency failed", flush=True)
-            elif all(d in ok for d in job.deps):
+            elif all(d in ok or d in failed for d in job.deps):
                 pending.remove(job)
                 job.log.parent.mkdir(parents=True, exist_ok=True)
                 job.proc = subprocess.Popen(job.cmd, stdout=job.log.open("w"), stderr=subprocess.STDOUT,
@@ -124,14 +130,14 @@ def plan(cfg: IxtConfig, overrides: list[str]) -> list[Job]:
         return str(path)
 
     pools = {name: out / "data" / f"{pool_name(e, s)}.jsonl" for name, s in e.scales.items()}
-    todo = {}
-    for name, path in pools.items():
-        if not Path(f"{path}.done").exists() and str(path) not in todo.values():
-            todo[name] = str(path)
-    jobs = []
-    if todo:
-        payload = {"pools": todo, "log_dir": str(out / "logs")}
-        jobs.append(Job("data", py + ["ixt_stream.experiment.data", spec("data", payload)], out / "logs" / "data.log"))
+    jobs, pool_job = [], {}
+    for name, path in pools.items():  # one job per distinct pool, each with its own reward service
+        if Path(f"{path}.done").exists() or path in pool_job:
+            continue
+        pool_job[path] = job = f"data {path.stem}"
+        payload = {"pools": {name: str(path)}, "log_dir": str(out / "logs")}
+        jobs.append(Job(job, py + ["ixt_stream.experiment.data", spec(job, payload)],
+                        out / "logs" / f"data-{path.stem}.log"))
     for name, scale in e.scales.items():
         model_dirs = {}
         for seed in e.seeds:  # built here, once, so parallel runs never race on a cache folder
@@ -151,13 +157,14 @@ def plan(cfg: IxtConfig, overrides: list[str]) -> list[Job]:
                 payload = {"scale": name, "arm": arm, "seed": seed, "run_dir": str(run_dir),
                            "model_dir": model_dirs[seed], "data": str(pools[name])}
                 jobs.append(Job(job, py + ["ixt_stream.experiment.train_run", spec(job, payload)],
-                                out / "logs" / f"train-{name}-{arm}-s{seed}.log", deps=["data"] if todo else []))
+                                out / "logs" / f"train-{name}-{arm}-s{seed}.log",
+                                deps=[pool_job[pools[name]]] if pools[name] in pool_job else []))
                 trains.append(job)
         if any(not result_path(out, name, r["arm"], r["seed"]).exists() for r in runs):
             job = f"eval {name}"
             payload = {"scale": name, "model_dir": model_dirs[e.seeds[0]], "runs": runs}
             jobs.append(Job(job, py + ["ixt_stream.experiment.eval_runs", spec(job, payload)],
-                            out / "logs" / f"eval-{name}.log", deps=trains))
+                            out / "logs" / f"eval-{name}.log", deps=trains, after_failures=True))
     return jobs
 
 

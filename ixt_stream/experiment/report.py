@@ -66,7 +66,7 @@ def collect(cfg: IxtConfig) -> tuple[dict, list[str]]:
             continue
         params = results[0]["params"]
         grid = np.array([0.0] + [analysis.training_flops(params["total"], t)
-                                 for t in milestone_tokens(scale.budget_tokens, e.milestones)])
+                                 for t in milestone_tokens(scale.budget_tokens, scale.milestones)])
         s = analysis.summarize_scale(results, list(e.arms), grid, e.bootstrap)
         s.update(params=params, model=scale.model, responses=scale.responses, budget_tokens=scale.budget_tokens,
                  budget_flops=float(grid[-1]), pool=pool.name, lr=scale.lr)
@@ -148,6 +148,11 @@ def markdown(cfg: IxtConfig, summary: dict, missing: list[str]) -> str:
            "| scale | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
     for name, s in summary["scales"].items():
         md.append(f"| {name} | " + " | ".join(_ci(s["arms"].get(a, {}).get("final")) for a in arms) + " |")
+    md += ["", "Accuracy scores the tagged answer, else the last number in the response (as `ixt eval`). "
+           "Strict accuracy (tagged answers only):", "",
+           "| scale | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
+    for name, s in summary["scales"].items():
+        md.append(f"| {name} | " + " | ".join(_ci(s["arms"].get(a, {}).get("final_strict")) for a in arms) + " |")
     md += ["", "## Compute-efficiency multiplier over the baseline", "",
            "| scale | " + " | ".join(a for a in arms if a != "baseline") + " |", "|---|" + "---|" * (len(arms) - 1)]
     for name, s in summary["scales"].items():

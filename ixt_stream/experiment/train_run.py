@@ -75,7 +75,7 @@ def train(spec: dict) -> dict:
         (out / "train.json").write_text(json.dumps(record))
 
     # -- the loop ---------------------------------------------------------------------------------
-    targets = milestone_tokens(scale.budget_tokens, e.milestones)
+    targets = milestone_tokens(scale.budget_tokens, scale.milestones)
     save(0, 0)
     stream = arm_stream(rows, arm, seed)
     epochs = {"n": 0}
