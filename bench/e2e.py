@@ -8,8 +8,8 @@ optimizer step) and the same number of optimizer steps, bf16 compute with fp32 m
 - ixt-stream: `ixt up` (reward verifier, learner, orchestrator, one generator; each process one
   thread, the CPU profile) with overrides that fix the workload; the learner's metrics JSONL gives
   each step's end time, `learner_summary.json` the samples trained.
-- TRL: `bench/trl_peer.py` in `bench/.venv-trl` (created here on first use), one process; its
-  faster thread count (1 or all cores) is kept.
+- TRL: `bench/trl_peer.py` in `bench/.venv-trl` (created here on first use), one process, one
+  thread (see `run`; IXT_BENCH_TRL_ALL_THREADS=1 also tries all cores and keeps the faster).
 
 Figures: samples trained per second in steady state (between the first and the last optimizer
 step, start-up excluded on both sides), and wall time from launch to the last step (start-up
@@ -119,9 +119,10 @@ def run(quick: bool = False) -> Result:
     load = {"before": os.getloadavg()}
     ixt = run_ixt(w, prompts, work / "ixt")
     load["after_ixt"] = os.getloadavg()
-    # TRL's best thread count on a shared 2-core machine varies with the neighbours' load: the full
-    # run tries 1 thread and all cores and keeps the faster; --quick uses 1 (faster when busy).
-    tries = [1] if quick else sorted({1, os.cpu_count() or 2})
+    # TRL's best thread count on a shared 2-core machine varies with the neighbours' load: 1 thread
+    # was faster here when neighbours were busy (tiny model: 11-22 s/step vs 29 s with 2 threads).
+    # IXT_BENCH_TRL_ALL_THREADS=1 also tries all cores and keeps the faster.
+    tries = [1] if quick or not os.environ.get("IXT_BENCH_TRL_ALL_THREADS") else sorted({1, os.cpu_count() or 2})
     trls = [run_trl(w, prompts, model_dir, work / f"trl-{t}.json", t) for t in tries]
     trl = max(trls, key=lambda r: r["steady_samples_per_s"])
     load["after_trl"] = os.getloadavg()

@@ -3,14 +3,16 @@
 Peak: square torch matmuls (bf16 and fp32, the learner's thread count) on this CPU, best of a few.
 Learner: SmolLM2-135M, `Learner.train_step` on IXT-conditioned samples (`Conditioner`, critique
 mode: [feedback][prompt][response], loss on the response) and on the same samples without the
-feedback segment (mode none), under ZeRO-0 and ZeRO-2, bf16 (the CPU profile); `--full` adds
-ZeRO-0 fp32 against the fp32 peak. Step time is the median over timed steps after one warm-up.
+feedback segment (mode none), under ZeRO-0 and ZeRO-2, bf16 (the CPU profile). Both engines live
+side by side and step in turn on both batches (interleaved rounds after a warm-up round), so a
+neighbour's burst hits every configuration alike; step time is the median per configuration.
 Model FLOPs per token = 6 N + 12 L d T (N parameters with the tied embedding counted once as the
 LM head; L layers, d hidden, T sequence length), PaLM's accounting; padded positions not counted.
-MFU = model FLOP/s / the same-dtype matmul peak. The prefix's token overhead is feedback tokens
+MFU = model FLOP/s / the bf16 matmul peak (the learner computes in bf16; the fp32 peak and MFU
+against it are in details). The prefix's token overhead is feedback tokens
 / all tokens; its cost is the step-time ratio with / without it.
-Left out: several ranks (two processes on 2 cores measure the cores, not ZeRO), activation
-checkpointing, optimizer offload.
+Left out: several ranks (two processes on 2 cores measure the cores, not ZeRO), an fp32 learner
+(a third SmolLM2 engine in memory), activation checkpointing, optimizer offload.
 """
 
 from __future__ import annotations
@@ -71,26 +73,36 @@ def model_flops_per_token(model, seq_len: float) -> float:
     return 6 * n + 12 * cfg.num_hidden_layers * cfg.hidden_size * seq_len
 
 
-def measure(model_dir: str, zero: int, dtype: str, group, pad_id: int, steps: int) -> dict:
+def measure(model_dir: str, batches: dict, pad_id: int, steps: int) -> dict:
+    """ZeRO-0 and ZeRO-2 engines side by side, each stepping on every batch in turn, `steps` rounds
+    after one warm-up round: interleaved, so a neighbour's burst hits every configuration alike."""
     from ixt_stream.batch.collate import collate
     from ixt_stream.update.learner import Learner
 
-    learner = Learner(model_dir, zero_stage=zero, dtype=dtype, lr=1e-6, threads=THREADS)
-    batch = collate(group, pad_id)
-    learner.train_step(batch)  # warm-up
-    times = []
-    for _ in range(steps):
-        m = learner.train_step(batch)
-        times.append(m["train/step_s"])
-    step_s = statistics.median(times)
-    seq = batch.num_tokens / batch.input_ids.shape[0]
-    fpt = model_flops_per_token(learner.engine.module, seq)
-    del learner
-    gc.collect()
-    return {"zero": zero, "dtype": dtype, "step_s": step_s, "step_times": times, "tokens": batch.num_tokens,
+    engines = {z: Learner(model_dir, zero_stage=z, dtype="bf16", lr=1e-6, threads=THREADS) for z in (0, 2)}
+    tensors = {k: collate(g, pad_id) for k, g in batches.items()}
+    times: dict[tuple[int, str], list[float]] = {(z, k): [] for z in engines for k in tensors}
+    for r in range(steps + 1):
+        for z, learner in engines.items():
+            for k, batch in tensors.items():
+                m = learner.train_step(batch)
+                if r > 0:
+                    times[(z, k)].append(m["train/step_s"])
+    module = engines[0].engine.module
+    out = {}
+    for (z, k), ts in times.items():
+        batch = tensors[k]
+        step_s = statistics.median(ts)
+        seq = batch.num_tokens / batch.input_ids.shape[0]
+        fpt = model_flops_per_token(module, seq)
+        out[f"zero{z}-bf16-{k}"] = {
+            "zero": z, "dtype": "bf16", "step_s": step_s, "step_times": ts, "tokens": batch.num_tokens,
             "padded_tokens": batch.num_padded_tokens, "samples": batch.input_ids.shape[0],
             "tokens_per_s": batch.num_tokens / step_s, "flops_per_token": fpt,
             "model_flops_per_s": fpt * batch.num_tokens / step_s}
+    del engines, module
+    gc.collect()
+    return out
 
 
 def run(quick: bool = False) -> Result:
@@ -102,32 +114,26 @@ def run(quick: bool = False) -> Result:
     torch.set_num_threads(THREADS)
     os.environ["OMP_NUM_THREADS"] = str(THREADS)
     model_dir = models.resolve(ModelConfig())
-    n, steps = (4, 2) if quick else (16, 4)
+    n, steps = (4, 2) if quick else (8, 3)
     peaks = {d: matmul_peak(d, 1024 if quick else 2048) for d in ("bfloat16", "float32")}
     with_p, pad_id = conditioned_batch(model_dir, n, True)
     without_p, _ = conditioned_batch(model_dir, n, False)
     fb = sum(s.num_feedback_tokens for s in with_p)
     tok_with = sum(s.num_tokens for s in with_p)
     tok_without = sum(s.num_tokens for s in without_p)
-    configs = [(0, "bf16", True), (0, "bf16", False), (2, "bf16", True), (2, "bf16", False)]
-    if not quick:
-        configs.append((0, "fp32", True))
-    runs = {}
-    for zero, dtype, prefix in configs:
-        key = f"zero{zero}-{dtype}-{'prefix' if prefix else 'noprefix'}"
-        runs[key] = measure(model_dir, zero, dtype, with_p if prefix else without_p, pad_id, steps)
-        peak = peaks["bfloat16" if dtype == "bf16" else "float32"]
-        runs[key]["mfu"] = runs[key]["model_flops_per_s"] / peak
+    runs = measure(model_dir, {"prefix": with_p, "noprefix": without_p}, pad_id, steps)
+    for r in runs.values():
+        r["mfu"] = r["model_flops_per_s"] / peaks["bfloat16"]
+        r["mfu_vs_fp32_peak"] = r["model_flops_per_s"] / peaks["float32"]
     result = Result("learner", quick=quick)
     for key, r in runs.items():
-        peak = peaks["bfloat16" if r["dtype"] == "bf16" else "float32"]
-        peak_tok = peak / r["flops_per_token"]
+        peak_tok = peaks["bfloat16"] / r["flops_per_token"]
         result.rows.append(Row(f"{key} ({r['samples']} x {r['tokens'] // r['samples']} tok): tokens/s (ratio = MFU)",
-                               r["tokens_per_s"], peak_tok, f"{'bf16' if r['dtype'] == 'bf16' else 'fp32'} matmul peak",
-                               "tokens/s"))
+                               r["tokens_per_s"], peak_tok, "bf16 matmul peak", "tokens/s"))
+    extra = 100 * (tok_with - tok_without) / tok_without
     for zero in (0, 2):
         a, b = runs[f"zero{zero}-bf16-prefix"], runs[f"zero{zero}-bf16-noprefix"]
-        result.rows.append(Row(f"ZeRO-{zero} bf16 step time with the feedback prefix (+{100 * fb / tok_with:.0f}% "
+        result.rows.append(Row(f"ZeRO-{zero} bf16 step time with the feedback prefix (+{extra:.0f}% "
                                "tokens)", a["step_s"], b["step_s"], "same samples, no prefix", "s", False))
     result.details.update({
         "threads": THREADS, "matmul_peak_flops": peaks, "runs": runs, "samples": n,

@@ -83,7 +83,7 @@ def run(quick: bool = False) -> Result:
     load = {"before": os.getloadavg()}
     stack = stack_peaks(quick, work)
     load["after_stack"] = os.getloadavg()
-    rm = reward_under_load(30.0 if quick else 180.0, work)
+    rm = reward_under_load(30.0 if quick else 120.0, work)
     load["after"] = os.getloadavg()
     total = stack["total_peak_gib"]
     result = Result("memory", quick=quick, details={"stack": stack, "reward_under_load": rm, "loadavg": load,

@@ -36,7 +36,7 @@ def sizes(quick: bool) -> dict:
     if quick:
         return {"model": "smollm2", "k": 4, "batch": 8, "max_new_tokens": 48, "steps": 5, "sync_every": 2,
                 "generators": 1}
-    return {"model": "smollm2", "k": 4, "batch": 16, "max_new_tokens": 96, "steps": 12, "sync_every": 4,
+    return {"model": "smollm2", "k": 4, "batch": 16, "max_new_tokens": 96, "steps": 8, "sync_every": 4,
             "generators": 1}
 
 

@@ -236,7 +236,7 @@ def client_run(make, rounds: int = 1) -> dict:
 
 def run(quick: bool = False) -> Result:
     n = 10_000 if quick else 30_000
-    n_vllm = 64 if quick else 192
+    n_vllm = 128 if quick else 256
     work = workdir("reward")
     samples = make_samples(512)
     d: dict = {"concurrency": CONCURRENCY, "n": n, "loadavg": {"before": os.getloadavg()}}

@@ -336,6 +336,8 @@ class ExperimentScaleConfig:
     warmup_steps: int = 5
     milestones: int = 6
     """Checkpoints per run at budget x 2^-k (k = milestones-1 .. 0), plus the initial weights."""
+    seeds: list[int] = field(default_factory=list)
+    """This scale's seeds; empty = `experiment.seeds` (a costly scale may run fewer)."""
     eval_max_new_tokens: int = 80
     """Greedy tokens per held-out answer (the synthetic responses are ~60 tokens)."""
 

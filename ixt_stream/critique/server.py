@@ -4,7 +4,8 @@ The contract (see protos/ixt/v1/ixt.proto): malformed requests get INVALID_ARGUM
 (on the stream: that item gets `error`, the stream goes on), bytes that do not even parse as the
 request message (bad wire format, invalid UTF-8 in a string) included: grpc itself would answer
 UNKNOWN for those and end the whole stream; more than `max_concurrent_requests`
-items in flight get RESOURCE_EXHAUSTED instead of an unbounded queue; a unary call stops at its
+items in flight get RESOURCE_EXHAUSTED instead of an unbounded queue, and a stream whose caller
+stops reading answers is not read further (flow control pushes back); a unary call stops at its
 deadline; nothing a caller sends can crash the server (backend failures become INTERNAL, transient
 ones UNAVAILABLE). Health (`grpc.health.v1`) says SERVING once the server runs, which is after the
 backend was built; server reflection is on (grpcurl can list and call it). Optional bearer-token
@@ -182,9 +183,14 @@ class RewardServicer(pb_grpc.RewardModelServicer):
         return resp
 
     async def CritiqueStream(self, request_iterator, context):
-        """Items are judged concurrently; answers go back as they finish (match by sample_id)."""
+        """Items are judged concurrently; answers go back as they finish (match by sample_id).
+
+        At most `max_concurrent_requests` items of one stream are read and not yet answered back:
+        a caller that stops reading answers is pushed back by HTTP/2 flow control instead of
+        having the server read on and buffer answers without bound."""
         out: asyncio.Queue[pb.CritiqueResponse | None] = asyncio.Queue()
         tasks: set[asyncio.Task] = set()
+        window = asyncio.Semaphore(self.max_concurrent)
 
         async def answer(req: pb.CritiqueRequest) -> None:
             try:
@@ -200,6 +206,7 @@ class RewardServicer(pb_grpc.RewardModelServicer):
         async def read() -> None:
             try:
                 async for req in request_iterator:
+                    await window.acquire()
                     task = asyncio.create_task(answer(req))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
@@ -211,6 +218,7 @@ class RewardServicer(pb_grpc.RewardModelServicer):
         try:
             while (resp := await out.get()) is not None:
                 yield resp
+                window.release()
             await reader
         finally:
             for task in [reader, *tasks]:

@@ -45,6 +45,19 @@ def worker_env() -> dict[str, str]:
     return {**os.environ, **WORKER_ENV}
 
 
+def fingerprint(e: ExperimentConfig, scale: ExperimentScaleConfig) -> str:
+    """What a run's result depends on besides (arm, seed): a rerun with another budget, lr, shape,
+    batch size, task or pool is not mistaken for a finished run."""
+    import hashlib
+    from dataclasses import asdict
+
+    scale_keys = {k: v for k, v in asdict(scale).items() if k != "seeds"}
+    keys = {"scale": scale_keys, "task": asdict(e.task), "k": e.samples_per_prompt, "dtype": e.dtype,
+            "batch": [e.tokens_per_batch, e.max_samples_per_batch], "dropout": e.feedback_dropout,
+            "policy": [e.policy_temperature, e.policy_max_new_tokens]}
+    return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def pool_name(e: ExperimentConfig, scale: ExperimentScaleConfig) -> str:
     """File stem of a scale's data pool; from-scratch scales with equal sizes share one."""
     source = "synthetic" if scale.responses == "synthetic" else f"{scale.responses}-{Path(scale.model).name}"

@@ -102,6 +102,7 @@ def evaluate_scale(spec: dict) -> int:
             if final:  # a few answers per condition, for the report to show what the model writes
                 examples = [s for c in conditions for s in [x for x in result["samples"] if x["condition"] == c][:2]]
         payload = {"scale": spec["scale"], "arm": run["arm"], "seed": run["seed"], "mode": mode,
+                   "fingerprint": train.get("fingerprint"),
                    "params": train["params"], "budget_tokens": train["budget_tokens"],
                    "samples_seen": train["samples_seen"], "epochs": train["epochs"],
                    "train_seconds": train["seconds"], "loss": train["loss"], "points": points,

@@ -5,8 +5,9 @@
     eval    one process per scale: one vLLM engine, weights swapped per checkpoint
     report  curves, multipliers with bootstrap CIs, plots and report.md (report.py)
 
-Every step is a subprocess with one torch thread, `experiment.workers` at a time; a scale's
-evaluation starts once its runs are trained, while the next scale trains. Workers log to
+Every step is a subprocess with one torch thread, `experiment.workers` at a time. Runs go in
+seed-major order (every scale's first seed, then the next), so an experiment stopped early still
+covers every scale; a scale's evaluation starts once its runs are trained. Workers log to
 `out_dir/logs/<job>.log`; this process prints a line per finished job and, every 30 s, the latest
 progress line of each running one. Rerunning skips finished pools, trained runs and evaluated
 runs, so a killed experiment continues where it stopped. `experiment=<name>` picks a
@@ -25,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ixt_stream.config import ConfigError, IxtConfig, load
-from ixt_stream.experiment.data import ARM_MODES, pool_name, worker_env
+from ixt_stream.experiment.data import ARM_MODES, fingerprint, pool_name, worker_env
 from ixt_stream.experiment.eval_runs import result_path
 
 log = logging.getLogger("ixt.experiment")
@@ -114,6 +115,12 @@ def run_jobs(jobs: list[Job], workers: int) -> list[str]:
     return failed
 
 
+def current(path: Path, fp: str) -> bool:
+    """`path` (a train.json or a result) exists and was made under this config (files written
+    before fingerprints existed count as current)."""
+    return path.exists() and json.loads(path.read_text()).get("fingerprint", fp) == fp
+
+
 def plan(cfg: IxtConfig, overrides: list[str]) -> list[Job]:
     """Every job still to do, in order: pools, then per scale its training runs and evaluation."""
     from ixt_stream import models
@@ -138,33 +145,45 @@ def plan(cfg: IxtConfig, overrides: list[str]) -> list[Job]:
         payload = {"pools": {name: str(path)}, "log_dir": str(out / "logs")}
         jobs.append(Job(job, py + ["ixt_stream.experiment.data", spec(job, payload)],
                         out / "logs" / f"data-{path.stem}.log"))
-    for name, scale in e.scales.items():
-        model_dirs = {}
-        for seed in e.seeds:  # built here, once, so parallel runs never race on a cache folder
-            mc = ModelConfig(name=scale.model, cache_dir=cfg.model.cache_dir, tiny=scale.tiny, seed=seed)
-            model_dirs[seed] = models.resolve(mc)
-        trains, runs = [], []
-        for seed in e.seeds:
+    trains: dict[str, list[str]] = {name: [] for name in e.scales}
+    runs: dict[str, list[dict]] = {name: [] for name in e.scales}
+    model_dirs: dict[str, dict[int, str]] = {}
+    for name, scale in e.scales.items():  # built here, once, so parallel runs never race on a cache folder
+        model_dirs[name] = {seed: models.resolve(ModelConfig(name=scale.model, cache_dir=cfg.model.cache_dir,
+                                                             tiny=scale.tiny, seed=seed))
+                            for seed in scale.seeds or e.seeds}
+    # Seed-major order: an experiment stopped early has every scale at its first seeds.
+    for seed in sorted({s for scale in e.scales.values() for s in scale.seeds or e.seeds}):
+        for name, scale in e.scales.items():
+            if seed not in (scale.seeds or e.seeds):
+                continue
+            fp = fingerprint(e, scale)
             for arm in e.arms:
                 run_dir = out / "runs" / name / f"{arm}-s{seed}"
-                runs.append({"arm": arm, "seed": seed, "run_dir": str(run_dir)})
-                if result_path(out, name, arm, seed).exists():
+                runs[name].append({"arm": arm, "seed": seed, "run_dir": str(run_dir)})
+                result, train_json = result_path(out, name, arm, seed), run_dir / "train.json"
+                if current(result, fp):
                     continue
-                train_json = run_dir / "train.json"
-                if train_json.exists() and json.loads(train_json.read_text()).get("done"):
+                if current(train_json, fp) and json.loads(train_json.read_text()).get("done"):
                     continue
+                if any(path.exists() and not current(path, fp) for path in (result, train_json)):
+                    print(f"stale {name}/{arm}/s{seed}: made under another config, training it again", flush=True)
+                result.unlink(missing_ok=True)  # stale, or a run killed midway: it starts over
+                train_json.unlink(missing_ok=True)
                 job = f"train {name}/{arm}/s{seed}"
                 payload = {"scale": name, "arm": arm, "seed": seed, "run_dir": str(run_dir),
-                           "model_dir": model_dirs[seed], "data": str(pools[name])}
+                           "model_dir": model_dirs[name][seed], "data": str(pools[name])}
                 jobs.append(Job(job, py + ["ixt_stream.experiment.train_run", spec(job, payload)],
                                 out / "logs" / f"train-{name}-{arm}-s{seed}.log",
                                 deps=[pool_job[pools[name]]] if pools[name] in pool_job else []))
-                trains.append(job)
-        if any(not result_path(out, name, r["arm"], r["seed"]).exists() for r in runs):
+                trains[name].append(job)
+    for name, scale in e.scales.items():
+        fp = fingerprint(e, scale)
+        if any(not current(result_path(out, name, r["arm"], r["seed"]), fp) for r in runs[name]):
             job = f"eval {name}"
-            payload = {"scale": name, "model_dir": model_dirs[e.seeds[0]], "runs": runs}
+            payload = {"scale": name, "model_dir": next(iter(model_dirs[name].values())), "runs": runs[name]}
             jobs.append(Job(job, py + ["ixt_stream.experiment.eval_runs", spec(job, payload)],
-                            out / "logs" / f"eval-{name}.log", deps=trains, after_failures=True))
+                            out / "logs" / f"eval-{name}.log", deps=trains[name], after_failures=True))
     return jobs
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from ixt_stream.config import IxtConfig
 from ixt_stream.experiment import analysis, plots
-from ixt_stream.experiment.data import ARM_MODES, pool_name
+from ixt_stream.experiment.data import ARM_MODES, fingerprint, pool_name
 from ixt_stream.experiment.eval_runs import result_path
 from ixt_stream.experiment.train_run import milestone_tokens
 
@@ -51,14 +51,15 @@ def collect(cfg: IxtConfig) -> tuple[dict, list[str]]:
     e = cfg.experiment
     summary, missing = {"experiment": asdict(e), "scales": {}, "pools": {}}, []
     for name, scale in e.scales.items():
-        results = []
-        for seed in e.seeds:
+        results, fp = [], fingerprint(e, scale)
+        for seed in scale.seeds or e.seeds:
             for arm in e.arms:
                 path = result_path(e.out_dir, name, arm, seed)
-                if path.exists():
-                    results.append(json.loads(path.read_text()))
+                result = json.loads(path.read_text()) if path.exists() else {}
+                if result and result.get("fingerprint", fp) == fp:
+                    results.append(result)
                 else:
-                    missing.append(f"{name}/{arm}/s{seed}")
+                    missing.append(f"{name}/{arm}/s{seed}" + (" (stale: another config)" if result else ""))
         pool = Path(e.out_dir) / "data" / f"{pool_name(e, scale)}.jsonl"
         if pool.exists():
             summary["pools"][pool.name] = pool_stats(pool)
@@ -129,7 +130,7 @@ def markdown(cfg: IxtConfig, summary: dict, missing: list[str]) -> str:
     lines, losses = findings(summary)
     md = ["# IXT in miniature: accuracy vs training FLOPs", "",
           f"Tasks: {', '.join(e.task.names)} (reasoning-gym; {e.task.eval_size} held-out prompts, seed "
-          f"{e.task.eval_seed}, never trained on). Arms: {', '.join(e.arms)}. Seeds: {list(e.seeds)}. "
+          f"{e.task.eval_seed}, never trained on). Arms: {', '.join(e.arms)}. Seeds per scale: see the table. "
           f"Greedy decoding; reasoning-gym scoring. FLOPs = 6 x total parameters x tokens (prefix and prompt "
           f"tokens included). Multiplier = FLOPs the baseline needs to reach its best mean accuracy / FLOPs "
           f"the arm needs to reach the same accuracy (linear interpolation between checkpoints); 95% percentile "
@@ -137,12 +138,13 @@ def markdown(cfg: IxtConfig, summary: dict, missing: list[str]) -> str:
     md += lines or ["No scale has both a baseline and an IXT result yet."]
     md += ["", "### Where IXT does not win", ""] + ([f"- {x}" for x in losses] or ["- Nowhere in these runs."])
     md += ["", "## Scales", "",
-           "| scale | model | data | non-emb params | total params | budget tokens | budget FLOPs | lr |",
-           "|---|---|---|---|---|---|---|---|"]
+           "| scale | model | data | non-emb params | total params | budget tokens | budget FLOPs | lr | seeds |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for name, s in summary["scales"].items():
         p = s["params"]
         md.append(f"| {name} | {s['model']} | {s['pool']} | {p['non_embedding'] / 1e6:.3f}M | "
-                  f"{p['total'] / 1e6:.2f}M | {s['budget_tokens']:,} | {s['budget_flops']:.2e} | {s['lr']:g} |")
+                  f"{p['total'] / 1e6:.2f}M | {s['budget_tokens']:,} | {s['budget_flops']:.2e} | {s['lr']:g} | "
+                  f"{len(s['arms']['baseline']['seeds']) if 'baseline' in s['arms'] else 0} |")
     arms = [a for a in e.arms if any(a in s["arms"] for s in summary["scales"].values())]
     md += ["", "## Final accuracy at equal FLOPs (mean [95% CI] over seeds)", "",
            "| scale | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from ixt_stream.experiment.data import ARM_MODES
+from ixt_stream.experiment.data import ARM_MODES, fingerprint
 
 
 def milestone_tokens(budget_tokens: int, milestones: int) -> list[float]:
@@ -65,6 +65,7 @@ def train(spec: dict) -> dict:
                       grad_clip=1.0, threads=1)
     params = count_params(learner.engine.module, learner.engine.module.config.vocab_size)
     record = {"scale": spec["scale"], "arm": arm, "seed": seed, "mode": cond_cfg.mode, "params": params,
+              "fingerprint": fingerprint(e, scale),
               "budget_tokens": scale.budget_tokens, "milestones": [], "loss": [], "done": False}
 
     def save(index: int, tokens: int) -> None:

@@ -104,10 +104,10 @@ from ixt_stream.config import TinyModelConfig
 from ixt_stream.experiment.eval_runs import plain_cpu_linear
 from ixt_stream.sample.engine import Engine
 plain_cpu_linear()
-shape = TinyModelConfig(hidden_size=64, num_layers=1, num_heads=1, num_kv_heads=1, intermediate_size=128)
+shape = TinyModelConfig(hidden_size=64, num_layers=4, num_heads=1, num_kv_heads=1, intermediate_size=256)
 cache = Path(sys.argv[1])
 a, b = (models.tiny_dir(cache, shape, seed) for seed in (0, 1))
-prompts = [[1, 2, 3, 4, 5], [7, 8, 9]]
+prompts = [[1, 2, 3, 4, 5], [7, 8, 9], [100, 200, 300, 400]]
 def tokens(engine):
     return [c[0].token_ids for c in engine.generate(prompts, max_new_tokens=6, temperature=0.0)]
 fresh_b = tokens(Engine(str(b), max_model_len=128, seed=0))

@@ -67,6 +67,7 @@ def test_reward_service_and_learner_killed_and_restarted(tmp_path, tiny_model_di
         assert list(supervisor.up(cfg.run.run_dir, supervisor.stack(cfg, overrides))) == ["reward"]
         step_at_reward_restart = _learner_step(run_dir)
         _wait(lambda: _learner_step(run_dir) >= step_at_reward_restart + 2, 180, "no progress after reward restart")
+        assert [r["alive"] for r in supervisor.status(run_dir) if r["name"] == "orchestrator"] == [True]
 
         # -- the learner: killed at least one step past its newest checkpoint -------------------
         _wait(lambda: _learner_step(run_dir) > 3 and _learner_step(run_dir) % 3 != 0, 120, "no step past a save")
