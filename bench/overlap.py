@@ -49,6 +49,40 @@ def overrides(w: dict) -> list[str]:
             f"stream.sync_every={w['sync_every']}", "reward.backend=verifier"]
 
 
+# -- how much parallel CPU there is -------------------------------------------------------------
+
+
+def _matmul_worker(seconds: float, out) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    a, b = torch.randn(512, 512), torch.randn(512, 512)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        torch.matmul(a, b)
+        n += 1
+    out.put(2 * 512**3 * n / (time.perf_counter() - t0))
+
+
+def parallel_capacity(seconds: float = 5.0) -> dict:
+    """fp32 matmul FLOP/s of one single-thread process alone, then of two at once: the speed-up two
+    busy processes (a generator and a learner) can get over one on this machine right now."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    rates = {}
+    for n in (1, 2):
+        q = ctx.Queue()
+        procs = [ctx.Process(target=_matmul_worker, args=(seconds, q)) for _ in range(n)]
+        for p in procs:
+            p.start()
+        rates[n] = [q.get() for _ in procs]
+        for p in procs:
+            p.join()
+    return {"one_process_flops": rates[1][0], "two_processes_flops": rates[2],
+            "two_vs_one": sum(rates[2]) / rates[1][0]}
+
+
 # -- the synchronous loop (runs in a child process) ----------------------------------------------
 
 
@@ -190,6 +224,7 @@ def run(quick: bool = False) -> Result:
     w = sizes(quick)
     work = workdir("overlap")
     load = {"before": os.getloadavg()}
+    capacity = parallel_capacity()
     with RewardProcess(["reward.backend=verifier"], work / "reward") as reward:
         sync = run_sync(w, reward.address, work)
     load["after_sync"] = os.getloadavg()
@@ -210,7 +245,10 @@ def run(quick: bool = False) -> Result:
     result.rows.append(Row("learner busy fraction, shallow queues", tight["learner_busy_fraction"],
                            sync["learner_busy_fraction"], "same components in sequence", "fraction", True,
                            ">= 0.90", tight["learner_busy_fraction"] >= 0.90))
+    result.rows.append(Row("CPU speed-up of 2 busy processes over 1 (matmul, this run)", capacity["two_vs_one"], 2.0,
+                           "2 idle cores", "x"))
     result.details.update({"workload": w, "sync": sync, "async": asyn, "async_tight": tight, "loadavg": load,
+                           "parallel_capacity": capacity,
                            "workdir": str(work),
                            "learner_wait_s": asyn["learner_wait_s"],
                            "generator_send_blocked_s": asyn["generator_send_blocked_s"],

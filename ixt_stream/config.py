@@ -194,6 +194,8 @@ class LearnerConfig:
     """Log metrics every N learner steps."""
     epochs: int = 1
     """Passes over the annotated data in `ixt train` (the online loop has no epochs)."""
+    fresh_on_corrupt_checkpoint: bool = False
+    """With no intact checkpoint to resume from, start from the initial weights instead of refusing."""
     num_gpus: int = 1
     """Learner ranks, one GPU each; > 1 = `ixt up` starts the learner under the deepspeed launcher."""
     master_port: int = 29500

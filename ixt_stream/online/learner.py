@@ -115,7 +115,7 @@ def run(cfg: IxtConfig, stop: threading.Event) -> dict:
             step = learner.load_checkpoint(ckpt_dir)
         except integrity.CorruptCheckpoint as e:
             # getattr: the LearnerConfig field is being added by the config's owner
-            if not getattr(lc, "fresh_on_corrupt_checkpoint", False):
+            if not lc.fresh_on_corrupt_checkpoint:
                 raise
             log.error("%s; starting from the initial weights (learner.fresh_on_corrupt_checkpoint)", e)
             step = 0
