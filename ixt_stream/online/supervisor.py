@@ -32,6 +32,7 @@ from pathlib import Path
 
 from ixt_stream.config import ConfigError, IxtConfig, load
 
+_RANK_VARS = frozenset({"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"})
 ROLES = ("reward", "learner", "orchestrator", "generator")
 
 
@@ -170,7 +171,9 @@ def up(run_dir: str | Path, services: list[Service], settle_s: float = 1.0) -> d
         if s.name in running and _ours(running[s.name]):
             continue
         log_path = run / "logs" / f"{s.name}.log"
-        env = {**os.environ, "OMP_NUM_THREADS": str(s.threads), "PYTHONUNBUFFERED": "1", **s.env}
+        # A caller that ran DeepSpeed in-process holds its rendezvous port: never pass it on.
+        inherited = {k: v for k, v in os.environ.items() if k not in _RANK_VARS}
+        env = {**inherited, "OMP_NUM_THREADS": str(s.threads), "PYTHONUNBUFFERED": "1", **s.env}
         with log_path.open("ab") as log:
             proc = subprocess.Popen(s.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env=env, start_new_session=True)
