@@ -7,7 +7,8 @@
 
 Every step is a subprocess with one torch thread, `experiment.workers` at a time. Runs go in
 seed-major order (every scale's first seed, then the next), so an experiment stopped early still
-covers every scale; a scale's evaluation starts once its runs are trained. Workers log to
+covers every scale; a scale's evaluation is queued right after its last run, so it starts as soon
+as that scale is trained. Workers log to
 `out_dir/logs/<job>.log`; this process prints a line per finished job and, every 30 s, the latest
 progress line of each running one. Rerunning skips finished pools, trained runs and evaluated
 runs, so a killed experiment continues where it stopped. `experiment=<name>` picks a
@@ -182,8 +183,9 @@ def plan(cfg: IxtConfig, overrides: list[str]) -> list[Job]:
         if any(not current(result_path(out, name, r["arm"], r["seed"]), fp) for r in runs[name]):
             job = f"eval {name}"
             payload = {"scale": name, "model_dir": next(iter(model_dirs[name].values())), "runs": runs[name]}
-            jobs.append(Job(job, py + ["ixt_stream.experiment.eval_runs", spec(job, payload)],
-                            out / "logs" / f"eval-{name}.log", deps=trains[name], after_failures=True))
+            at = max((i + 1 for i, j in enumerate(jobs) if j.name in trains[name]), default=len(jobs))
+            jobs.insert(at, Job(job, py + ["ixt_stream.experiment.eval_runs", spec(job, payload)],
+                                out / "logs" / f"eval-{name}.log", deps=trains[name], after_failures=True))
     return jobs
 
 

@@ -103,8 +103,9 @@ def conditioning(summary: dict, path: Path) -> Path:
                [max(c[condition]["ci"][1] - c[condition]["mean"], 0) if condition in c else 0 for _, _, c in bars]]
         ax.bar(xs, ys, width=0.27, yerr=err, capsize=2, label=condition)
     ax.set_xticks(range(len(bars)), [f"{n}\n{a}" for n, a, _ in bars], fontsize=8)
+    ax.set_ylim(bottom=0)
     ax.set_ylabel("final held-out accuracy")
-    ax.set_title("conditioning at evaluation", fontsize=9)
+    ax.set_title("conditioning at evaluation (seed mean, 95% CI)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -25,7 +25,7 @@ from ixt_stream.experiment.train_run import milestone_tokens
 
 
 def _ci(x: dict | None, fmt: str = "{:.3f}") -> str:
-    if not x:
+    if not x or x.get("mean") is None or not np.isfinite(x["mean"]):
         return "n/a"
     ci = x.get("ci")
     if not ci or any(v is None for v in ci):
@@ -70,7 +70,9 @@ def collect(cfg: IxtConfig) -> tuple[dict, list[str]]:
                                  for t in milestone_tokens(scale.budget_tokens, scale.milestones)])
         s = analysis.summarize_scale(results, list(e.arms), grid, e.bootstrap)
         s.update(params=params, model=scale.model, responses=scale.responses, budget_tokens=scale.budget_tokens,
-                 budget_flops=float(grid[-1]), pool=pool.name, lr=scale.lr)
+                 budget_flops=float(grid[-1]), pool=pool.name, lr=scale.lr,
+                 examples={r["arm"]: next((x for x in r["examples"] if x["condition"] == "positive"), None)
+                           for r in sorted(results, key=lambda r: -r["seed"])})
         summary["scales"][name] = s
     return summary, missing
 
@@ -106,7 +108,7 @@ def findings(summary: dict) -> tuple[list[str], list[str]]:
             lines.append(f"**{name}**: IXT never reaches the baseline's best accuracy ({m['target_accuracy']:.3f}) "
                          f"within the budget (multiplier {_mult(m)}).")
         else:
-            lines.append(f"**{name}**: no multiplier ({_mult(m)}).")
+            lines.append(f"**{name}**: no multiplier: {_mult(m)}.")
         lines.append(f"  At the full budget: IXT {_ci(ixt)} vs baseline {_ci(base)} (difference {_ci(gap['ixt'])}).")
         if m["status"] in ("censored",) or (m["status"] == "reached" and m["value"] < 1):
             losses.append(f"{name}: IXT is less compute-efficient than the baseline ({_mult(m)}).")
@@ -180,6 +182,12 @@ def markdown(cfg: IxtConfig, summary: dict, missing: list[str]) -> str:
         for arm, a in s["arms"].items():
             md.append(f"| {name} | {arm} | {a['samples_seen']:.0f} | {a['epochs']:.1f} | {a['answered']:.2f} | "
                       f"{a['train_seconds']:.0f} |")
+    md += ["", "## What the models write (final checkpoint, first held-out prompt, inference condition)", ""]
+    for name, s in summary["scales"].items():
+        for arm, x in s.get("examples", {}).items():
+            if x:
+                text = " ".join(x["response"].split())[:220].replace("|", "/")
+                md.append(f"- {name} / {arm} (score {x['score']:g}): `{text}`")
     if missing:
         md += ["", f"Missing runs (failed or not evaluated): {', '.join(missing)}."]
     md += ["", "## Figures", "", "![accuracy vs FLOPs](accuracy_vs_flops.png)", "",
