@@ -9,7 +9,7 @@ optimizer step) and the same number of optimizer steps, bf16 compute with fp32 m
   thread, the CPU profile) with overrides that fix the workload; the learner's metrics JSONL gives
   each step's end time, `learner_summary.json` the samples trained.
 - TRL: `bench/trl_peer.py` in `bench/.venv-trl` (created here on first use), one process, one
-  thread (see `run`; IXT_BENCH_TRL_ALL_THREADS=1 also tries all cores and keeps the faster).
+  thread and all cores, the faster kept (`--quick`: one thread).
 
 Figures: samples trained per second in steady state (between the first and the last optimizer
 step, start-up excluded on both sides), and wall time from launch to the last step (start-up
@@ -51,8 +51,8 @@ def sizes(quick: bool) -> dict:
     return {"model": "smollm2-135m", "k": 4, "max_new_tokens": 64, "batch": 16, "steps": 8}
 
 
-def run_ixt(w: dict, prompts: Path, run_dir: Path) -> dict:
-    overrides = [
+def run_ixt(w: dict, prompts: Path, run_dir: Path, extra: list[str] | None = None) -> dict:
+    overrides = [*(extra or []),
         f"model={'tiny' if w['model'] == 'tiny' else 'smollm2'}", f"task.prompts_file={prompts}",
         f"generator.samples_per_prompt={w['k']}", f"generator.prompts_per_request={max(w['batch'] // w['k'], 1)}",
         f"generator.max_new_tokens={w['max_new_tokens']}", "generator.temperature=1.0",
@@ -119,10 +119,10 @@ def run(quick: bool = False) -> Result:
     load = {"before": os.getloadavg()}
     ixt = run_ixt(w, prompts, work / "ixt")
     load["after_ixt"] = os.getloadavg()
-    # TRL's best thread count on a shared 2-core machine varies with the neighbours' load: 1 thread
-    # was faster here when neighbours were busy (tiny model: 11-22 s/step vs 29 s with 2 threads).
-    # IXT_BENCH_TRL_ALL_THREADS=1 also tries all cores and keeps the faster.
-    tries = [1] if quick or not os.environ.get("IXT_BENCH_TRL_ALL_THREADS") else sorted({1, os.cpu_count() or 2})
+    # TRL's best thread count on a shared 2-core machine varies with the neighbours' load (tiny
+    # model, busy neighbours: 11-22 s/step with 1 thread vs 29 s with 2), so the full size tries
+    # 1 thread and all cores and compares against the faster; --quick tries 1 thread only.
+    tries = [1] if quick else sorted({1, os.cpu_count() or 2})
     trls = [run_trl(w, prompts, model_dir, work / f"trl-{t}.json", t) for t in tries]
     trl = max(trls, key=lambda r: r["steady_samples_per_s"])
     load["after_trl"] = os.getloadavg()
@@ -139,7 +139,8 @@ def run(quick: bool = False) -> Result:
         "workload": {**w, "model_dir": model_dir, "prompts": str(prompts), "temperature": 1.0,
                      "dtype": "bf16 compute, fp32 master weights (both)",
                      "ixt": "ixt up, CPU profile: one thread per process (reward, learner, orchestrator, 1 generator)",
-                     "trl": "one process, all cores; transformers generate; gradient checkpointing off; beta=0"},
+                     "trl": "one process, the faster of 1 thread and all cores; transformers generate; "
+                            "gradient checkpointing off; beta=0"},
         "ixt": ixt, "trl": trl, "trl_tries": trls, "ratio_steady": ratio,
         "ixt_samples_per_s": ixt["steady_samples_per_s"],
         "loadavg": load, "workdir": str(work),

@@ -167,6 +167,7 @@ def memcpy_floor(nbytes: int, repeat: int = 5) -> float:
 def measure_size(model: str, repeats: int, work: Path) -> dict:
     import hashlib
 
+    import blake3
     import torch
 
     from bench.transport import realistic_conditioned
@@ -242,18 +243,12 @@ def measure_size(model: str, repeats: int, work: Path) -> dict:
             results[n] = {"median": med, "rounds": rounds}
         nbytes = int(results[1]["median"]["num_bytes"])
         payload = (Path(wv.uri) / publish.WEIGHTS_FILE).read_bytes()
-        t0 = time.perf_counter()
-        hashlib.sha256(payload).hexdigest()
-        sha_s = time.perf_counter() - t0
-        other_hashes = {}
-        try:  # what a cheaper integrity check would cost on the same bytes
-            import blake3
-
+        hashes = {}  # the digest the push uses (BLAKE3) and the SHA-256 it replaced, on the same bytes
+        for name, fn in (("blake3_s", lambda b: blake3.blake3(b).hexdigest()),
+                         ("sha256_s", lambda b: hashlib.sha256(b).hexdigest())):
             t0 = time.perf_counter()
-            blake3.blake3(payload).hexdigest()
-            other_hashes["blake3_s"] = time.perf_counter() - t0
-        except ImportError:
-            pass
+            fn(payload)
+            hashes[name] = time.perf_counter() - t0
         del payload
     finally:
         for p in procs:
@@ -267,8 +262,7 @@ def measure_size(model: str, repeats: int, work: Path) -> dict:
         publisher.close()
         del learner
     floors = {"memcpy_s": memcpy_floor(nbytes), "zmq_1_s": zmq_floor(nbytes, 1), "zmq_2_s": zmq_floor(nbytes, 2)}
-    return {"model": model, "num_bytes": nbytes, "generators": results, "floors": floors, "sha256_once_s": sha_s,
-            **other_hashes}
+    return {"model": model, "num_bytes": nbytes, "generators": results, "floors": floors, "digest_once": hashes}
 
 
 def run(quick: bool = False) -> Result:

@@ -93,7 +93,8 @@ class WeightVersion:
     version: int
     step: int
     uri: str = ""
-    sha256: str = ""
+    digest: str = ""
+    """BLAKE3 hex of the payload (fast enough to check on every push; SHA-256 costs ~2x)."""
     num_bytes: int = 0
     published_at: float = 0.0
     transport: str = "filesystem"

@@ -66,6 +66,8 @@ def evaluate_scale(spec: dict) -> int:
 
     cfg = load(spec["overrides"])
     e, scale = cfg.experiment, cfg.experiment.scales[spec["scale"]]
+    if all(result_path(e.out_dir, spec["scale"], r["arm"], r["seed"]).exists() for r in spec["runs"]):
+        return 0  # evaluated already (by an earlier or a parallel process): no engine to build
     prompts = tasks.eval_prompts(e.task)
     tokenizer = models.load_tokenizer(spec["model_dir"])
     plain_cpu_linear()

@@ -16,7 +16,6 @@ Left out: retrying a refused version (the next one supersedes it).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -24,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Protocol
 
+import blake3
 import torch
 from prometheus_client import Counter as PromCounter
 
@@ -60,7 +60,7 @@ class Reloadable(Protocol):
 
 
 class FilesystemReader:
-    """Reads `<uri>/model.safetensors` under `root`, checking size and SHA-256 before parsing."""
+    """Reads `<uri>/model.safetensors` under `root`, checking size and BLAKE3 digest before parsing."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
@@ -77,9 +77,9 @@ class FilesystemReader:
             raise WeightRefused("missing", str(e)) from e
         if len(data) != wv.num_bytes:
             raise WeightRefused("truncated", f"{path}: {len(data)} bytes, announced {wv.num_bytes}")
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != wv.sha256:
-            raise WeightRefused("sha256_mismatch", f"{path}: sha256 {digest}, announced {wv.sha256}")
+        digest = blake3.blake3(data).hexdigest()
+        if digest != wv.digest:
+            raise WeightRefused("digest_mismatch", f"{path}: digest {digest}, announced {wv.digest}")
         try:
             return load(data)
         except Exception as e:  # safetensors raises its own error types on a corrupt header

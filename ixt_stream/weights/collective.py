@@ -45,7 +45,7 @@ one code path for gloo and NCCL, and the learner needs no vLLM import.
 
 Left out: a restarted generator serving the version broadcast before it joined (it catches up at
 the next publish: broadcasts are not replayed); tensor-parallel generators (receive on one GPU,
-then `reload_weights` through the engine); a sha256 computed on the GPU (a receiving GPU copies
+then `reload_weights` through the engine); a digest computed on the GPU (a receiving GPU copies
 the payload to the host to hash it, in the background thread); authentication of the store port
 (keep it on a private network; forged payloads are refused by the digest check).
 """
@@ -53,7 +53,6 @@ the payload to the host to hash it, in the background thread); authentication of
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -66,6 +65,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
+import blake3
 import torch
 from torch.distributed import BroadcastOptions, PrefixStore, ProcessGroupGloo, TCPStore
 
@@ -122,8 +122,8 @@ def unpack(meta: dict, payload: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def digest(header: bytes, payload: torch.Tensor) -> str:
-    """SHA-256 over header then payload (a GPU payload is copied to the host first)."""
-    h = hashlib.sha256(header)
+    """BLAKE3 over header then payload (a GPU payload is copied to the host first)."""
+    h = blake3.blake3(header)
     h.update(payload.cpu().numpy())
     return h.hexdigest()
 
@@ -210,7 +210,7 @@ class CollectiveWriter:
 
     def write(self, state_dict: Mapping[str, torch.Tensor], version: int) -> tuple[str, str, int]:
         header, payload = pack(state_dict, version, self.dtype)
-        sha256 = digest(header, payload)
+        payload_digest = digest(header, payload)
         payload = payload.to(self.device)
         for attempt in (1, 2):  # a failed broadcast gets one fresh group, without the dead
             try:
@@ -225,7 +225,7 @@ class CollectiveWriter:
                 # a log record must not keep the traceback (and the group) alive.
                 failed, self._pg, self.generation, self.members, self._wants = self.generation, None, "", [], -1
                 log.warning("weights v%d: group %s failed (attempt %d): %s", version, failed or "-", attempt, str(e))
-        return f"{self.base_uri}/{self.generation or 'none'}", sha256, len(header) + payload.numel()
+        return f"{self.base_uri}/{self.generation or 'none'}", payload_digest, len(header) + payload.numel()
 
     def _form(self) -> None:
         """Open a new generation, wait `join_s` for joiners, then build the group with them."""
@@ -262,7 +262,7 @@ class CollectiveWriter:
 class _Received:
     generation: str
     version: int
-    sha256: str
+    digest: str
     num_bytes: int
     tensors: dict[str, torch.Tensor] | None
     error: WeightRefused | None = None
@@ -313,8 +313,8 @@ class CollectiveReader:
             raise r.error
         if r.num_bytes != wv.num_bytes:
             raise WeightRefused("truncated", f"v{wv.version}: {r.num_bytes} bytes, announced {wv.num_bytes}")
-        if r.sha256 != wv.sha256:
-            raise WeightRefused("sha256_mismatch", f"v{wv.version}: sha256 {r.sha256}, announced {wv.sha256}")
+        if r.digest != wv.digest:
+            raise WeightRefused("digest_mismatch", f"v{wv.version}: digest {r.digest}, announced {wv.digest}")
         return r.tensors
 
     def close(self) -> None:
@@ -390,13 +390,13 @@ class CollectiveReader:
             self._cond.notify_all()
         payload = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
         _broadcast(pg, payload, self.timeout)
-        sha256 = digest(header, payload)
+        got = digest(header, payload)
         try:
             tensors, error = unpack(meta, payload), None
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
             tensors, error = None, WeightRefused("unreadable", f"v{version}: {e}")
         with self._cond:
-            self._result = _Received(self._generation, version, sha256, len(header) + nbytes, tensors, error)
+            self._result = _Received(self._generation, version, got, len(header) + nbytes, tensors, error)
             self._cond.notify_all()
         log.debug("%s: received v%d (%.1f MB)", self.token, version, nbytes / 1e6)
 

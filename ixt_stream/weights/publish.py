@@ -17,7 +17,6 @@ version lost to a power cut is simply re-published by the next sync).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
+import blake3
 import torch
 
 from ixt_stream.config import StreamConfig
@@ -45,7 +45,7 @@ class WeightWriter(Protocol):
     transport: str
 
     def write(self, state_dict: Mapping[str, torch.Tensor], version: int) -> tuple[str, str, int]:
-        """Returns (uri, sha256 hex of the payload, payload bytes)."""
+        """Returns (uri, BLAKE3 hex of the payload, payload bytes)."""
         ...
 
     def close(self) -> None: ...
@@ -90,14 +90,13 @@ class FilesystemWriter:
         # Writing straight to the file and hashing it back (from the page cache) is ~2x faster
         # than serializing to bytes first, and holds no second copy of the weights in memory.
         save_file(payload_tensors(state_dict, self.dtype), tmp / WEIGHTS_FILE, metadata={"version": str(version)})
-        with open(tmp / WEIGHTS_FILE, "rb") as f:
-            sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+        digest = blake3.blake3().update_mmap(tmp / WEIGHTS_FILE).hexdigest()
         num_bytes = (tmp / WEIGHTS_FILE).stat().st_size
         if final.exists():  # a restarted learner re-publishing this version number
             shutil.rmtree(final)
         tmp.rename(final)
         self._prune()
-        return str(final), sha256, num_bytes
+        return str(final), digest, num_bytes
 
     def close(self) -> None:
         pass
@@ -124,8 +123,8 @@ class WeightPublisher:
     def publish(self, state_dict: Mapping[str, torch.Tensor], version: int, step: int) -> WeightVersion:
         """Make `state_dict` (name -> tensor, HF parameter names) version `version` everywhere."""
         t0 = time.perf_counter()
-        uri, sha256, num_bytes = self.writer.write(state_dict, version)
-        wv = WeightVersion(version=version, step=step, uri=uri, sha256=sha256, num_bytes=num_bytes,
+        uri, digest, num_bytes = self.writer.write(state_dict, version)
+        wv = WeightVersion(version=version, step=step, uri=uri, digest=digest, num_bytes=num_bytes,
                            published_at=time.time(), transport=self.writer.transport)
         write_latest(self.root, wv)
         self.announce.send(wv)

@@ -101,14 +101,14 @@ def conditioned_from_pb(m: pb.ConditionedSample) -> ConditionedSample:
 
 def weights_to_pb(w: WeightVersion) -> pb.WeightVersion:
     return pb.WeightVersion(
-        version=w.version, step=w.step, uri=w.uri, sha256=w.sha256, num_bytes=w.num_bytes,
+        version=w.version, step=w.step, uri=w.uri, digest=w.digest, num_bytes=w.num_bytes,
         published_at=w.published_at, transport=w.transport,
     )
 
 
 def weights_from_pb(m: pb.WeightVersion) -> WeightVersion:
     return WeightVersion(
-        version=m.version, step=m.step, uri=m.uri, sha256=m.sha256, num_bytes=m.num_bytes,
+        version=m.version, step=m.step, uri=m.uri, digest=m.digest, num_bytes=m.num_bytes,
         published_at=m.published_at, transport=m.transport,
     )
 

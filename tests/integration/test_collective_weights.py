@@ -162,7 +162,7 @@ def test_receivers_apply_bit_identical_tensors_and_refuse_a_bad_checksum(tmp_pat
     t0 = time.perf_counter()
     wv = pub.publish(sd, version=1, step=2)
     first_s = time.perf_counter() - t0  # includes forming the group (JOIN_S)
-    assert wv.transport == "collective" and wv.uri.startswith("collective://") and len(wv.sha256) == 64
+    assert wv.transport == "collective" and wv.uri.startswith("collective://") and len(wv.digest) == 64
     assert pub.writer.members and len(pub.writer.members) == 2
     expected = publish.payload_tensors(sd, None)
     for name in names:
@@ -179,7 +179,7 @@ def test_receivers_apply_bit_identical_tensors_and_refuse_a_bad_checksum(tmp_pat
     monkeypatch.undo()
     for name in names:
         d = wait_for(lambda n=name: decided(tmp_path, n, 2), f"{name} v2", procs.values(), tmp_path)
-        assert not d["applied"] and d["refused"] == {"sha256_mismatch": 1}
+        assert not d["applied"] and d["refused"] == {"digest_mismatch": 1}
         assert not (tmp_path / name / "v2.safetensors").exists()
 
     # -- v3: the next good version is applied again; the group was not re-formed ----------------

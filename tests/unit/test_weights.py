@@ -65,7 +65,7 @@ def test_publish_apply_round_trip(ends):
     _, pub, app = ends
     sd = state_dict()
     wv = pub.publish(sd, version=1, step=2)
-    assert Path(wv.uri, publish.WEIGHTS_FILE).stat().st_size == wv.num_bytes and len(wv.sha256) == 64
+    assert Path(wv.uri, publish.WEIGHTS_FILE).stat().st_size == wv.num_bytes and len(wv.digest) == 64
 
     got = wait_poll(app)
     assert got == wv
@@ -104,7 +104,7 @@ def test_a_restarted_generator_starts_from_latest(ends, tmp_path):
 def test_weight_dtype_cast(tmp_path):
     writer = publish.FilesystemWriter(tmp_path, dtype=torch.bfloat16)
     uri, sha, n = writer.write(state_dict(), version=1)
-    wv = WeightVersion(version=1, step=1, uri=uri, sha256=sha, num_bytes=n)
+    wv = WeightVersion(version=1, step=1, uri=uri, digest=sha, num_bytes=n)
     assert {t.dtype for t in apply.FilesystemReader(tmp_path).read(wv).values()} == {torch.bfloat16}
 
 
@@ -119,7 +119,7 @@ def truncate(path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage, reason", [
-    (corrupt, "sha256_mismatch"),
+    (corrupt, "digest_mismatch"),
     (truncate, "truncated"),
     (Path.unlink, "missing"),
 ])
@@ -140,4 +140,4 @@ def test_uri_outside_the_weights_folder_is_refused(tmp_path):
     uri, sha, n = publish.FilesystemWriter(outside).write(state_dict(), version=1)
     reader = apply.FilesystemReader(tmp_path / "weights")
     with pytest.raises(apply.WeightRefused, match="outside_root"):
-        reader.read(WeightVersion(version=1, step=1, uri=uri, sha256=sha, num_bytes=n))
+        reader.read(WeightVersion(version=1, step=1, uri=uri, digest=sha, num_bytes=n))
