@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 
-from ixt_stream.batch.collate import TensorBatch, collate
+from ixt_stream.batch.collate import IGNORE, TensorBatch, collate
 from ixt_stream.condition.format import Conditioner
 from ixt_stream.models import load_tokenizer
 from ixt_stream.types import Critique, Label, Sample
@@ -53,6 +53,21 @@ def test_loss_falls(tiny_model_dir, batch, zero_stage, dtype):
     if dtype == "bf16":  # the fp32 masters, not the bf16 module weights
         w = state["model.layers.0.mlp.up_proj.weight"]
         assert not torch.equal(w, w.bfloat16().float())
+
+
+def test_loss_matches_full_logits(tiny_model_dir, batch):
+    """The learner runs its LM head on loss columns only; the loss must equal the full-logits one."""
+    from transformers import AutoModelForCausalLM
+
+    from ixt_stream.update.loss import token_loss
+
+    assert (batch.targets == IGNORE).all(0).any(), "the batch must have columns with no target"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    want, _ = token_loss(logits, batch.targets)
+    got = Learner(tiny_model_dir, zero_stage=0, dtype="fp32", lr=0.0).train_step(batch)["train/loss"]
+    assert got == pytest.approx(float(want), rel=1e-5)
 
 
 def _nan_forward(learner: Learner):
