@@ -119,7 +119,8 @@ def bootstrap_multiplier(grid: np.ndarray, baseline_runs: np.ndarray, arm_runs: 
         if m.value is not None:
             values.append(m.value)
             censored += m.status == "censored"
-    ci = [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))] if values else None
+    # "nearest": resamples at inf (at_init) make an unbounded end inf, where interpolating gives nan.
+    ci = [float(np.percentile(values, q, method="nearest")) for q in (2.5, 97.5)] if values else None
     return {**asdict(point), "ci": ci, "censored_fraction": censored / max(len(values), 1),
             "defined_fraction": len(values) / max(resamples, 1)}
 

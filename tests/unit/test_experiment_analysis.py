@@ -146,3 +146,14 @@ def test_summarize_scale_gives_multipliers_gaps_and_conditioning():
     assert cg["positive_minus_none"]["mean"] == pytest.approx(0.45)
     assert "baseline" not in s["conditioning_gap"]
     json.dumps(analysis.finite(s), allow_nan=False)
+
+
+def test_bootstrap_interval_is_unbounded_not_nan_when_resamples_start_at_the_target():
+    """Seeds where the arm starts at or above the baseline's best give inf resamples: the interval's
+    upper end must then be inf (unbounded), never nan."""
+    grid = np.array([0.0, 1.0, 2.0])
+    base = np.array([[0.2, 0.3, 0.4], [0.2, 0.25, 0.26]])
+    arm = np.array([[0.1, 0.2, 0.45], [0.3, 0.3, 0.3]])
+    out = analysis.bootstrap_multiplier(grid, base, arm, resamples=400)
+    assert out["ci"] is not None and not any(math.isnan(x) for x in out["ci"])
+    assert math.isinf(out["ci"][1]) and out["ci"][0] <= out["ci"][1]
