@@ -51,8 +51,8 @@ def sizes(quick: bool) -> dict:
     return {"model": "smollm2-135m", "k": 4, "max_new_tokens": 64, "batch": 16, "steps": 8}
 
 
-def run_ixt(w: dict, prompts: Path, run_dir: Path, extra: list[str] | None = None) -> dict:
-    overrides = [*(extra or []),
+def run_ixt(w: dict, prompts: Path, run_dir: Path) -> dict:
+    overrides = [
         f"model={'tiny' if w['model'] == 'tiny' else 'smollm2'}", f"task.prompts_file={prompts}",
         f"generator.samples_per_prompt={w['k']}", f"generator.prompts_per_request={max(w['batch'] // w['k'], 1)}",
         f"generator.max_new_tokens={w['max_new_tokens']}", "generator.temperature=1.0",
