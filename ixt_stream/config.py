@@ -162,11 +162,10 @@ class ConditionConfig:
     """Fraction of training samples whose feedback prefix is dropped."""
     max_feedback_tokens: int = 160
     max_seq_len: int = 1024
-    positive_critique: str = (
-        "The reasoning is correct and easy to follow, and the final answer is right and given "
-        "in the required format."
-    )
-    negative_critique: str = "The reasoning is flawed and the final answer is wrong."
+    leak_policy: str = "redact"
+    """A critique that contains the response's answer or the reference (from a plugged-in reward
+    model; the built-in critics write none): train (as is) | redact (mask the leaked spans) |
+    drop (ledgered `feedback_leak`). Leaks are counted under every policy."""
 
 
 @dataclass
@@ -291,12 +290,23 @@ class AnnotateConfig:
 class EvalConfig:
     """Held-out accuracy under positive, negative and no conditioning."""
 
-    conditions: list[str] = field(default_factory=lambda: ["positive", "negative", "none"])
+    conditions: list[str] = field(default_factory=lambda: ["positive", "negative", "none", "unseen"])
+    """positive / negative: the feedback most often trained with label good / bad; unseen: a
+    positive paraphrase the critic never writes (`unseen_critique`); none: no prefix."""
     max_new_tokens: int = 128
     temperature: float = 0.0
     checkpoint: str = ""
-    """Model folder to evaluate; empty = `model.name`. If it holds `ixt_condition.json` (written by
-    `ixt train`), its conditioning mode is used, so a baseline is never given a feedback prefix."""
+    """Model folder to evaluate; empty = `model.name`. Its `ixt_condition.json` (written by the
+    learner and `ixt train`) gives the conditioning mode and the feedback it was trained on."""
+    condition_from: str = ""
+    """Take the conditioning record from this folder instead (the base-model control: evaluate the
+    base model under the very prefix a trained model uses)."""
+    unseen_critique: str = (
+        "Everything here checks out: the working is sound and the final answer is exactly right."
+    )
+    """The `unseen` condition's critique (label good): a paraphrase no built-in critic writes."""
+    bootstrap: int = 2000
+    """Paired bootstrap resamples over problems for confidence intervals."""
     output: str = ""
     """JSON report path; empty = `run.run_dir/eval.json`."""
 
@@ -416,6 +426,8 @@ def validate(cfg: IxtConfig) -> IxtConfig:
           f"unknown backend {cfg.reward.backend!r}; choose one of {', '.join(REWARD_BACKENDS)}")
     check(cfg.condition.mode in CONDITION_MODES, "condition.mode",
           f"unknown mode {cfg.condition.mode!r}; choose one of {', '.join(CONDITION_MODES)}")
+    check(cfg.condition.leak_policy in ("train", "redact", "drop"), "condition.leak_policy",
+          f"unknown policy {cfg.condition.leak_policy!r}; choose train, redact or drop")
     check(0.0 <= cfg.condition.feedback_dropout <= 1.0, "condition.feedback_dropout", "must be in [0, 1]")
     check(cfg.learner.zero_stage in (0, 1, 2, 3), "learner.zero_stage", "must be 0, 1, 2 or 3")
     check(cfg.learner.dtype in ("bf16", "fp32"), "learner.dtype", "must be bf16 or fp32")

@@ -39,10 +39,20 @@ class Sample:
     created_at: float = 0.0
     num_response_tokens: int = 0
     metadata: dict[str, str] = field(default_factory=dict)
+    response_token_ids: list[int] = field(default_factory=list)
+    """The exact ids the generator sampled (empty for text from a corpus): the learner trains on
+    these, never on a re-tokenization of `response`."""
+    finish_reason: str = ""
+    """"stop" (ended on its own), "length" (cut at max_new_tokens), "" (unknown: corpus text)."""
 
     @property
     def is_document(self) -> bool:
         return not self.prompt
+
+    @property
+    def truncated(self) -> bool:
+        """Cut at the token limit: trained without an end-of-turn token, and the critic is told."""
+        return self.finish_reason == "length"
 
 
 @dataclass
@@ -70,6 +80,8 @@ class ConditionedSample:
     input_ids: list[int]
     loss_mask: list[int]
     num_feedback_tokens: int
+    feedback_leaked: bool = False
+    """The critique gave the answer away (`condition.leak`); it is counted, not sent on the wire."""
 
     def __post_init__(self) -> None:
         if len(self.input_ids) != len(self.loss_mask):
@@ -98,6 +110,9 @@ class WeightVersion:
     num_bytes: int = 0
     published_at: float = 0.0
     transport: str = "filesystem"
+    positive_critique: str = ""
+    """The critique most often trained with label good so far: the positive feedback generators
+    condition on from this version on (empty: none trained yet, sample without a prefix)."""
 
 
 @dataclass

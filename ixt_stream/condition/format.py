@@ -5,24 +5,37 @@ mask is exact by construction and inference can rebuild the very same prefix ids
 
     chat sample:  <|im_start|>system\\n{feedback}<|im_end|>\\n          <- context, no loss
                   <|im_start|>user\\n{prompt}<|im_end|>\\n<|im_start|>assistant\\n   <- no loss
-                  {response}<|im_end|>                                  <- loss
+                  {response ids}<|im_end|>                              <- loss
     document:     {feedback}\\n\\n                                      <- no loss
                   {document}<eos>                                       <- loss
 
+The response is the exact token ids the generator sampled when the sample carries them; a response
+cut at the token limit (`Sample.truncated`) gets no end-of-turn token, so the model never learns to
+close an answer it did not finish. Text from outside (prompts, responses, documents, critiques) is
+encoded with special tokens split: a literal "<|im_end|>" in a response stays plain text, never a
+forged turn boundary; only the markup above is made of special tokens.
+
 Modes: "critique" (label + the critic's words), "label" (a quality token only, Quark/SteerLM
-style), "none" (the unconditioned baseline: no feedback segment at all). At inference the prefix
-is the *positive* condition (label good + a fixed positive critique); "negative" and "none" exist
-for the conditioning gap at eval. Left out: multi-turn samples and non-ChatML chat templates.
+style), "none" (the unconditioned baseline: no feedback segment at all). At inference the prefix is
+feedback the model was *trained on* (`InferenceFeedback`: the critique most often written for good,
+resp. bad, trained samples), never a sentence training never saw; "none" drops the prefix. Every
+critique is leak-checked (`condition.leak`) before it is used, under `leak_policy`.
+Left out: multi-turn samples and non-ChatML chat templates.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
+from collections import Counter
+from dataclasses import dataclass
 
+from ixt_stream.condition import leak
 from ixt_stream.config import ConditionConfig
 from ixt_stream.types import ConditionedSample, Critique, Label, Sample
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+LEAK_POLICIES = ("train", "redact", "drop")
 
 
 def feedback_text(label: Label, critique: str, mode: str) -> str:
@@ -31,6 +44,52 @@ def feedback_text(label: Label, critique: str, mode: str) -> str:
     if mode == "label" or not critique:
         return head
     return f"{head} Critique: {critique.strip()}"
+
+
+class Rejected(ValueError):
+    """A sample that cannot be trained on; `reason` is its ledger drop reason."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class InferenceFeedback:
+    """The feedback a model is conditioned on at inference: critiques it was trained on.
+
+    `positive` (`negative`) is the critique most often trained with label good (bad); `unseen` is an
+    optional positive paraphrase the critic never writes, evaluated as a probe of generalisation.
+    """
+
+    positive: str
+    negative: str = ""
+    unseen: str = ""
+
+    def conditions(self) -> dict[str, tuple[Label, str]]:
+        out = {"positive": (Label.GOOD, self.positive), "negative": (Label.BAD, self.negative),
+               "unseen": (Label.GOOD, self.unseen)}
+        return {k: v for k, v in out.items() if v[1]}
+
+
+class FeedbackCounter:
+    """Counts the (label, critique) pairs a model trains on; picks the inference feedback."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[tuple[int, str]] = Counter()
+
+    def observe(self, sample: ConditionedSample) -> None:
+        if sample.critique is not None and sample.num_feedback_tokens:
+            self.counts[(int(sample.critique.label), sample.critique.critique)] += 1
+
+    def most_frequent(self, label: Label) -> str:
+        best = [(n, text) for (lab, text), n in self.counts.items() if lab == int(label)]
+        return max(best)[1] if best else ""
+
+    def inference_feedback(self) -> InferenceFeedback | None:
+        """None until a good sample was trained with its feedback."""
+        positive = self.most_frequent(Label.GOOD)
+        return InferenceFeedback(positive, self.most_frequent(Label.BAD)) if positive else None
 
 
 class Conditioner:
@@ -42,6 +101,9 @@ class Conditioner:
         feedback_dropout: probability of training a sample without its feedback prefix.
         max_feedback_tokens: the critique is cut so the feedback segment fits this budget.
         max_seq_len: longer samples lose the tail of their response (never the prefix).
+        leak_policy: what a critique that gives the answer away gets: "train" (as is), "redact"
+            (the leaked spans masked) or "drop" (`Rejected("feedback_leak")`).
+        inference: the feedback to condition on at inference (None: none recorded yet).
     """
 
     def __init__(
@@ -51,32 +113,40 @@ class Conditioner:
         feedback_dropout: float = 0.0,
         max_feedback_tokens: int = 160,
         max_seq_len: int = 1024,
-        positive_critique: str = "The final answer is correct.",
-        negative_critique: str = "The final answer is wrong.",
+        leak_policy: str = "redact",
+        inference: InferenceFeedback | None = None,
         seed: int = 0,
     ):
         if mode not in ("critique", "label", "none"):
             raise ValueError(f"unknown conditioning mode {mode!r}")
+        if leak_policy not in LEAK_POLICIES:
+            raise ValueError(f"unknown leak policy {leak_policy!r}: {' | '.join(LEAK_POLICIES)}")
         self.tok = tokenizer
         self.mode = mode
         self.feedback_dropout = feedback_dropout
         self.max_feedback_tokens = max_feedback_tokens
         self.max_seq_len = max_seq_len
-        self.positive_critique = positive_critique
-        self.negative_critique = negative_critique
+        self.leak_policy = leak_policy
+        self.inference = inference
         self._rng = random.Random(seed)
-        self._im_end = self._ids(IM_END)
+        self._im_end = self._markup(IM_END)
         self._eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
 
     @classmethod
-    def from_config(cls, tokenizer, cfg: ConditionConfig, seed: int = 0) -> Conditioner:
+    def from_config(cls, tokenizer, cfg: ConditionConfig, seed: int = 0,
+                    inference: InferenceFeedback | None = None) -> Conditioner:
         """The Conditioner a ConditionConfig describes: training, generation and eval agree."""
         return cls(tokenizer, mode=cfg.mode, feedback_dropout=cfg.feedback_dropout,
                    max_feedback_tokens=cfg.max_feedback_tokens, max_seq_len=cfg.max_seq_len,
-                   positive_critique=cfg.positive_critique, negative_critique=cfg.negative_critique, seed=seed)
+                   leak_policy=cfg.leak_policy, inference=inference, seed=seed)
 
-    def _ids(self, text: str) -> list[int]:
+    def _markup(self, text: str) -> list[int]:
+        """Our own chat markup: special tokens are meant."""
         return self.tok.encode(text, add_special_tokens=False)
+
+    def _text(self, text: str) -> list[int]:
+        """Text from outside: any special-token look-alike is encoded as plain text."""
+        return self.tok.encode(text, add_special_tokens=False, split_special_tokens=True)
 
     # -- segments ---------------------------------------------------------------------------------
 
@@ -85,14 +155,34 @@ class Conditioner:
         if self.mode == "none":
             return []
         open_, close = ("", "\n\n") if document else (f"{IM_START}system\n", f"{IM_END}\n")
-        head, tail = self._ids(open_), self._ids(close)
-        body = self._ids(feedback_text(label, critique, self.mode))
+        head, tail = self._markup(open_), self._markup(close)
+        body = self._text(feedback_text(label, critique, self.mode))
         room = max(self.max_feedback_tokens - len(head) - len(tail), 0)
         return head + body[:room] + tail
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """The user turn and the assistant header: context the model answers after."""
-        return self._ids(f"{IM_START}user\n{prompt}{IM_END}\n{IM_START}assistant\n")
+        return (self._markup(f"{IM_START}user\n") + self._text(prompt)
+                + self._markup(f"{IM_END}\n{IM_START}assistant\n"))
+
+    def data_ids(self, sample: Sample) -> list[int]:
+        """The trained tokens: the sampled ids (else the encoded text), closed by end-of-turn
+        (end-of-text for documents) unless the response was cut at the token limit."""
+        ids = list(sample.response_token_ids) or self._text(sample.response)
+        end = self._eos if sample.is_document else self._im_end
+        if sample.truncated or (end and ids[-len(end):] == end):
+            return ids
+        return ids + end
+
+    def checked(self, sample: Sample, critique: Critique) -> tuple[Critique, bool]:
+        """The critique under the leak policy, and whether it leaked. Raises Rejected to drop."""
+        if self.mode != "critique" or not leak.find(critique.critique, sample):
+            return critique, False
+        if self.leak_policy == "drop":
+            raise Rejected("feedback_leak", f"sample {sample.sample_id}: the critique contains the answer")
+        if self.leak_policy == "redact":
+            critique = dataclasses.replace(critique, critique=leak.redact(critique.critique, sample))
+        return critique, True
 
     # -- training ---------------------------------------------------------------------------------
 
@@ -100,47 +190,47 @@ class Conditioner:
         """Lay out one training sample; loss only on the response (or the document).
 
         `critique=None` (or mode "none", or a feedback-dropout draw) gives no feedback segment.
+        Raises `Rejected` ("too_long", "feedback_leak") for a sample that cannot be trained on.
         """
         document = sample.is_document
+        leaked = False
+        if critique is not None:
+            critique, leaked = self.checked(sample, critique)
         dropped = self.feedback_dropout > 0 and self._rng.random() < self.feedback_dropout
         if critique is None or dropped:
             feedback = []
         else:
             feedback = self.feedback_ids(critique.label, critique.critique, document)
-        if document:
-            context = feedback
-            data = self._ids(sample.response) + self._eos
-        else:
-            context = feedback + self.prompt_ids(sample.prompt)
-            data = self._ids(sample.response) + self._im_end
+        context = feedback if document else feedback + self.prompt_ids(sample.prompt)
         room = self.max_seq_len - len(context)
         if room <= 0:
-            raise ValueError(
-                f"sample {sample.sample_id}: prefix of {len(context)} tokens leaves no room "
-                f"for data within max_seq_len={self.max_seq_len}"
-            )
-        data = data[:room]
+            raise Rejected("too_long", f"sample {sample.sample_id}: prefix of {len(context)} tokens leaves "
+                                       f"no room for data within max_seq_len={self.max_seq_len}")
+        data = self.data_ids(sample)[:room]
         return ConditionedSample(
             sample=sample,
             critique=critique,
             input_ids=context + data,
             loss_mask=[0] * len(context) + [1] * len(data),
             num_feedback_tokens=len(feedback),
+            feedback_leaked=leaked,
         )
 
     # -- inference --------------------------------------------------------------------------------
 
     def inference_ids(self, prompt: str, condition: str = "positive") -> list[int]:
-        """Prompt token ids under a condition: "positive" (the default at inference),
-        "negative", or "none". A policy trained with mode "none" always gets no prefix."""
+        """Prompt token ids under a condition: "positive" (the default at inference), "negative",
+        "unseen" (a positive paraphrase never trained on), or "none". A policy trained with mode
+        "none" always gets no prefix."""
         if condition == "none" or self.mode == "none":
             feedback = []
-        elif condition == "positive":
-            feedback = self.feedback_ids(Label.GOOD, self.positive_critique, document=not prompt)
-        elif condition == "negative":
-            feedback = self.feedback_ids(Label.BAD, self.negative_critique, document=not prompt)
         else:
-            raise ValueError(f"unknown condition {condition!r}: positive | negative | none")
+            known = self.inference.conditions() if self.inference else {}
+            if condition not in known:
+                raise ValueError(f"no {condition!r} feedback recorded for this model (known: "
+                                 f"{sorted(known) + ['none']}); it is learned from the feedback trained on")
+            label, critique = known[condition]
+            feedback = self.feedback_ids(label, critique, document=not prompt)
         if not prompt:
             return feedback
         return feedback + self.prompt_ids(prompt)

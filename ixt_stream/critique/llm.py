@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from ixt_stream import tasks
+from ixt_stream.condition import leak
 from ixt_stream.critique.verifier import Verdict, VerifierBackend
 from ixt_stream.types import Critique, Label, ModelCard, Sample
 
@@ -141,14 +141,6 @@ def parse(text: str, max_critique_chars: int = 2000) -> Parsed:
     return Parsed(thinking=thinking, critique=critique, score=score, label=label, complete=complete)
 
 
-def redact(critique: str, reference: str, given: str | None) -> str:
-    """Mask the reference answer in a critique of a wrong response (it must not leak into the prefix)."""
-    ref = reference.strip()
-    if not ref or given is not None and given.strip() == ref:
-        return critique
-    return re.sub(rf"(?<![\w.]){re.escape(ref)}(?![\w]|\.\d)", "[the correct value]", critique)
-
-
 def _echoes(critique: str, messages: Messages, probe_chars: int = 48) -> bool:
     """Whether the critique's opening is copied from the prompt (instructions or sample)."""
     probe = critique[:probe_chars]
@@ -193,7 +185,7 @@ class LLMBackend:
         messages = build_messages(sample, verdict, self.max_field_chars)
         text = await self.completer.complete(messages)
         p = parse(text, self.max_critique_chars)
-        critique = redact(p.critique, sample.reference_answer, tasks.extract_answer(sample.response))
+        critique = leak.redact(p.critique, sample)  # the answer must never sit in a training prefix
         if _echoes(critique, messages):  # small models copy the instructions or the sample back
             critique, p.complete = NO_FEEDBACK, False
         score, label, thinking = p.score, p.label, p.thinking

@@ -121,7 +121,8 @@ def to_sample(req: pb.CritiqueRequest | Undecodable, max_field_bytes: int) -> Sa
         if not isinstance(entry, dict):
             raise bad(f"{req.sample_id}: metadata['entry'] must be a JSON object")
     return Sample(sample_id=req.sample_id, prompt=req.prompt, response=req.response, task=req.task,
-                  reference_answer=req.reference_answer, metadata=dict(req.metadata))
+                  reference_answer=req.reference_answer, metadata=dict(req.metadata),
+                  finish_reason="length" if req.truncated else "")
 
 
 class RewardServicer(pb_grpc.RewardModelServicer):

@@ -1,39 +1,111 @@
-"""A deterministic *thinking* critic for reasoning-gym tasks.
+"""A deterministic *thinking* critic for reasoning-gym tasks, whose feedback never leaks the answer.
 
-The verdict comes from reasoning-gym's own `score_answer` (with the entry metadata the generator
-attached as JSON under `metadata["entry"]`); the critique is written from rules: correct / wrong
-value / right value but not tagged / empty or partial answer, plus a note when no reasoning is shown.
-The critique never states the reference answer: it is placed before the data during training, and
-a model would learn to copy the answer from its own prefix. `thinking` (never trained on) keeps the
-full trace, reference included, for debugging.
+The verdict comes from `tasks.score_answer` (numbers compared as numbers, else reasoning-gym's own
+`score_answer` with the entry metadata the generator attached as JSON under `metadata["entry"]`).
+The critique names the *kind* of virtue or mistake (correct with working shown; correct but
+unexplained; wrong sign; a small slip; an error in one place value, i.e. a carry or borrow; no
+answer in tags; cut off before the end; ...) in one of a few paraphrases per kind, picked by the
+sample id, so retries agree. No critique contains a digit: the critique is placed before the data
+during training, and a number in it (the response's answer, the reference, or anything copied from
+them) would make the answer tokens predictable by copying instead of by the quality it describes.
+`thinking` (never trained on) keeps the full trace, reference included, for debugging.
 
-Labels: GOOD when the tagged answer scores 1; MIXED when it scores in (0, 1) or when the right value
-is given without proper <answer></answer> tags (score 0.5); BAD otherwise. Scoring runs in-process
-(tens of microseconds per call); each task's scorer is built once, because building some of them
-takes up to half a second.
+Labels: GOOD when the tagged answer is right; MIXED when it is only partly right (non-numeric
+tasks), when a right value is given without proper <answer></answer> tags, or when a right answer
+is followed by a response cut off at the token limit; BAD otherwise. Every step is linear in the
+response length (the service parses untrusted text). Each task's scorer is built once (some take
+up to half a second).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import zlib
 from dataclasses import dataclass
+from decimal import Decimal
 
 from ixt_stream import tasks
-from ixt_stream.critique.backend import InvalidRequest, label_for_score
+from ixt_stream.critique.backend import InvalidRequest
 from ixt_stream.types import Critique, Label, ModelCard, Sample
 
-UNTAGGED_SCORE = 0.5
-"""Score of a right value given without proper <answer></answer> tags."""
 MIN_REASONING_CHARS = 20
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-_TAGGED = re.compile(r"<answer>.*?</answer>", re.DOTALL)
+
+KINDS: dict[str, tuple[Label, tuple[str, ...]]] = {
+    "correct": (Label.GOOD, (
+        "The final answer is correct, the working is shown, and the answer is given in the required tags.",
+        "Correct: each step is shown and the final answer sits in the answer tags as asked.",
+        "A right answer, reached with clear working and given in the required format.",
+    )),
+    "correct_unexplained": (Label.GOOD, (
+        "The final answer is correct and in the required tags, but no working is shown.",
+        "Right answer in the right format, given without any steps.",
+        "Correct and properly tagged, though the answer comes with no reasoning.",
+    )),
+    "correct_untagged": (Label.MIXED, (
+        "The value is right, but it is not given inside the answer tags, so it cannot be read as the answer.",
+        "Right value, wrong format: the final answer is missing its answer tags.",
+        "The result is correct, but the answer tags around it are missing or broken.",
+    )),
+    "correct_cut_off": (Label.MIXED, (
+        "The answer is right, but the response runs on after it and is cut off before it ends.",
+        "A correct answer, followed by text that never finishes: the response should stop after the answer.",
+        "Right answer, but the response keeps going and is cut off mid-way.",
+    )),
+    "partial": (Label.MIXED, (
+        "The final answer is only partly right.",
+        "Part of the final answer is right, part is not.",
+        "The final answer is close but not fully correct.",
+    )),
+    "wrong_sign": (Label.BAD, (
+        "The final answer has the wrong sign.",
+        "The size of the result is right but its sign is flipped.",
+        "A sign error: the answer should have the opposite sign.",
+    )),
+    "wrong_place_value": (Label.BAD, (
+        "The final answer is wrong in one place value: a carry or a borrow went wrong.",
+        "A carry or borrow error puts one digit of the final answer off.",
+        "The answer is off in a single digit position, the mark of a mishandled carry or borrow.",
+    )),
+    "wrong_slip": (Label.BAD, (
+        "The final answer is off by a little: a slip in the arithmetic.",
+        "Close, but a small arithmetic slip makes the final answer wrong.",
+        "The final answer misses by a small amount; one step was miscounted.",
+    )),
+    "wrong": (Label.BAD, (
+        "The final answer is wrong; a step in the working does not hold.",
+        "Wrong answer: the calculation goes astray somewhere.",
+        "The final answer is incorrect; the steps need checking one by one.",
+    )),
+    "empty_tags": (Label.BAD, (
+        "The answer tags are empty: no final answer is given.",
+        "The answer tags hold nothing, so there is no final answer.",
+        "An empty pair of answer tags: the final answer is missing.",
+    )),
+    "no_answer": (Label.BAD, (
+        "No final answer is given inside the answer tags.",
+        "The response never states a final answer in the answer tags.",
+        "There is no tagged final answer to check.",
+    )),
+    "cut_off": (Label.BAD, (
+        "The response is cut off before it reaches a final answer.",
+        "The response runs out of room before giving an answer.",
+        "The response never finishes: it stops before any final answer.",
+    )),
+}
+"""kind -> (label, paraphrases). No digits anywhere (a test checks it)."""
+
+KIND_SCORE = {"correct": 1.0, "correct_unexplained": 1.0, "correct_untagged": 0.5, "correct_cut_off": 0.5}
+NO_WORKING = "No working is shown."
+CUT_OFF = "The response is also cut off before it ends."
 
 
 @dataclass
 class Verdict:
     score: float
     label: Label
+    kind: str
     critique: str
     thinking: str
 
@@ -44,9 +116,28 @@ def registered_tasks() -> list[str]:
     return sorted(DATASETS)
 
 
+def paraphrase(kind: str, sample_id: str) -> str:
+    """One of the kind's paraphrases, the same for the same sample (retries agree)."""
+    options = KINDS[kind][1]
+    return options[zlib.crc32(sample_id.encode()) % len(options)]
+
+
 def _quote(text: str, limit: int = 80) -> str:
-    text = " ".join(text.split())
+    text = " ".join(text[: 4 * limit].split())
     return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+def _outside_tags(response: str) -> str:
+    """The response without the <answer>...</answer> spans (one pass: linear time)."""
+    out, i = [], 0
+    while True:
+        start = response.find("<answer>", i)
+        end = response.find("</answer>", start) if start >= 0 else -1
+        if end < 0:
+            out.append(response[i:])
+            return "".join(out)
+        out.append(response[i:start])
+        i = end + len("</answer>")
 
 
 def _untagged_candidates(response: str) -> list[str]:
@@ -54,13 +145,35 @@ def _untagged_candidates(response: str) -> list[str]:
     out = []
     if "<answer>" in response:
         out.append(response.rsplit("<answer>", 1)[1].split("</answer", 1)[0].strip())
-    lines = [ln.strip() for ln in response.strip().splitlines() if ln.strip()]
-    if lines:
-        numbers = _NUMBER.findall(lines[-1])
+    lines = response.strip().rsplit("\n", 1)
+    last = lines[-1].strip() if lines else ""
+    if last:
+        numbers = _NUMBER.findall(last[-400:])
         if numbers:
             out.append(numbers[-1])
-        out.append(lines[-1][:200])
+        out.append(last[:200])
     return [c for c in out if c]
+
+
+def wrong_kind(answer: str, reference: str) -> str:
+    """What kind of numeric mistake a wrong answer makes (never what the right value is)."""
+    got, want = tasks.as_number(answer), tasks.as_number(reference)
+    if got is None or want is None:
+        return "wrong"
+    if got == -want:
+        return "wrong_sign"
+    diff = abs(got - want)
+    if diff <= 2:
+        return "wrong_slip"
+    if diff == diff.to_integral_value() and diff % 10 == 0 and _single_digit_place(diff):
+        return "wrong_place_value"
+    return "wrong"
+
+
+def _single_digit_place(diff: Decimal) -> bool:
+    """True for 10, 20, ..., 90, 100, 200, ...: a difference confined to one place value."""
+    digits = str(int(diff)).rstrip("0")
+    return len(digits) == 1
 
 
 class VerifierBackend:
@@ -87,61 +200,49 @@ class VerifierBackend:
             raise InvalidRequest(f"unknown task {sample.task!r}: not in reasoning-gym's registry")
         try:
             metadata = json.loads(sample.metadata.get("entry") or "{}")
-        except json.JSONDecodeError as e:
-            raise InvalidRequest(f"metadata['entry'] is not valid JSON: {e}") from e
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise InvalidRequest(f"metadata['entry'] is not valid JSON: {type(e).__name__}") from e
         return {"question": sample.prompt, "answer": sample.reference_answer, "metadata": metadata}
 
-    def _score(self, task: str, answer: str, entry: dict, notes: list[str]) -> float:
-        try:
-            value = float(tasks.scorer(task)(answer, entry))
-        except Exception as e:  # a scorer choking on odd input means: not right
-            notes.append(f"scorer raised {type(e).__name__}: {e}")
-            return 0.0
-        notes.append(f"reasoning-gym score of {_quote(answer)}: {value:g}")
-        return min(max(value, 0.0), 1.0)
+    def _score(self, sample: Sample, answer: str, entry: dict, notes: list[str]) -> float:
+        value = tasks.score_answer(sample.task, answer, sample.reference_answer, entry)
+        notes.append(f"score of {_quote(answer)}: {value:g}")
+        return value
+
+    def _kind(self, sample: Sample, entry: dict, notes: list[str]) -> tuple[str, float]:
+        response, cut = sample.response, sample.truncated
+        answer = tasks.extract_answer(response)
+        notes.append(f"tagged final answer: {'none' if answer is None else _quote(answer)}")
+        if answer is None:
+            if any(self._score(sample, c, entry, notes) >= 1.0 for c in _untagged_candidates(response)):
+                return ("correct_cut_off", 0.5) if cut else ("correct_untagged", 0.5)
+            return ("cut_off" if cut else "no_answer"), 0.0
+        if not answer:
+            return "empty_tags", 0.0
+        score = self._score(sample, answer, entry, notes)
+        if score >= 1.0:
+            return ("correct_cut_off", 0.5) if cut else ("correct", 1.0)
+        if score > 0.0:
+            return "partial", score
+        return wrong_kind(answer, sample.reference_answer), 0.0
 
     def verdict(self, sample: Sample) -> Verdict:
         entry = self.check(sample)
-        notes = [f"task {sample.task}; reference {_quote(sample.reference_answer)}"]
-        response = sample.response
-        reasoning = _TAGGED.sub("", response).strip()
+        notes = [f"task {sample.task}; reference {_quote(sample.reference_answer)}; truncated {sample.truncated}"]
+        reasoning = _outside_tags(sample.response).strip()
         has_reasoning = len(reasoning) >= MIN_REASONING_CHARS
         notes.append(f"reasoning outside the answer tags: {len(reasoning)} chars")
-        answer = tasks.extract_answer(response)
-        notes.append(f"tagged final answer: {'none' if answer is None else _quote(answer)}")
-
-        if answer is None:
-            right = any(self._score(sample.task, c, entry, notes) >= 1.0
-                        for c in _untagged_candidates(response))
-            if right:
-                score = UNTAGGED_SCORE
-                text = ("The final value is right, but it is not given inside <answer></answer> tags, "
-                        "so it cannot be read as the answer.")
-            else:
-                score = 0.0
-                text = "The response gives no final answer inside <answer></answer> tags."
-                if "<answer>" in response:
-                    text = ("The answer tags are broken (an <answer> tag is never closed), "
-                            "and no right value is given.")
-        elif not answer:
-            score, text = 0.0, "The <answer></answer> tags are empty: no final answer is given."
-        else:
-            score = self._score(sample.task, answer, entry, notes)
-            if score >= 1.0:
-                text = f"The final answer {_quote(answer)} is correct and given in the required format."
-            elif score > 0.0:
-                text = f"The final answer {_quote(answer)} is only partly correct."
-                if len(answer.split()) > 1:
-                    text += " The answer tags should hold only the final answer, without extra words."
-            else:
-                text = f"The final answer {_quote(answer)} is wrong."
-                if has_reasoning:
-                    text += " The reasoning contains an error; each step needs checking."
-        if not has_reasoning:
-            text += " No reasoning is shown."
-        label = label_for_score(score)
-        notes.append(f"verdict: {label.word}, score {score:g}")
-        return Verdict(score=score, label=label, critique=text, thinking="\n".join(notes))
+        kind, score = self._kind(sample, entry, notes)
+        if kind == "correct" and not has_reasoning:
+            kind = "correct_unexplained"
+        label = KINDS[kind][0]
+        text = paraphrase(kind, sample.sample_id)
+        if label == Label.BAD and not has_reasoning and kind not in ("cut_off",):
+            text += " " + NO_WORKING
+        if sample.truncated and kind not in ("cut_off", "correct_cut_off"):
+            text += " " + CUT_OFF
+        notes.append(f"verdict: {kind}, {label.word}, score {score:g}")
+        return Verdict(score=score, label=label, kind=kind, critique=text, thinking="\n".join(notes))
 
     async def critique(self, sample: Sample) -> Critique:
         v = self.verdict(sample)

@@ -42,7 +42,7 @@ def evaluate_scale(spec: dict) -> int:
     import torch
 
     from ixt_stream import models, tasks
-    from ixt_stream.condition import Conditioner
+    from ixt_stream.condition import Conditioner, InferenceFeedback
     from ixt_stream.config import load
     from ixt_stream.offline.evaluate import evaluate
     from ixt_stream.sample.engine import Engine
@@ -65,7 +65,9 @@ def evaluate_scale(spec: dict) -> int:
             print(f"[eval {spec['scale']}] {run['arm']}-s{run['seed']}: training not finished, skipped", flush=True)
             continue
         mode = ARM_MODES[run["arm"]]
-        conditioner = Conditioner.from_config(tokenizer, dataclasses.replace(cfg.condition, mode=mode))
+        inference = InferenceFeedback(**train["inference"]) if train.get("inference") else None
+        conditioner = Conditioner.from_config(tokenizer, dataclasses.replace(cfg.condition, mode=mode),
+                                              inference=inference)
         points, examples, t0 = [], [], time.perf_counter()
         for i, milestone in enumerate(train["milestones"]):
             final = i == len(train["milestones"]) - 1

@@ -43,7 +43,7 @@ def train(spec: dict) -> dict:
 
     from ixt_stream import models
     from ixt_stream.batch.collate import collate, pack
-    from ixt_stream.condition import Conditioner
+    from ixt_stream.condition import Conditioner, FeedbackCounter
     from ixt_stream.config import load
     from ixt_stream.experiment.analysis import training_flops
     from ixt_stream.experiment.data import arm_stream, read_pool
@@ -88,9 +88,12 @@ def train(spec: dict) -> dict:
 
     tokens = samples = 0
     next_index = 1
+    trained_feedback = FeedbackCounter()  # -> the prefix the evaluation conditions on
     t0, last_print = time.perf_counter(), 0.0
     for group in pack(conditioned(), e.tokens_per_batch, e.max_samples_per_batch):
         m = learner.train_step(collate(group, tokenizer.pad_token_id))
+        for s in group:
+            trained_feedback.observe(s)
         tokens += int(m["train/tokens"])
         samples += len(group)
         record["loss"].append([tokens, m["train/loss"]])
@@ -106,7 +109,9 @@ def train(spec: dict) -> dict:
                   f"epoch {epochs['n']} loss {m['train/loss']:.3f} {tokens / (now - t0):.0f} tok/s", flush=True)
         if tokens >= scale.budget_tokens:
             break
-    record.update(done=True, samples_seen=samples, epochs=epochs["n"] + 1, seconds=time.perf_counter() - t0,
+    inference = trained_feedback.inference_feedback()
+    record.update(done=True, inference=dataclasses.asdict(inference) if inference else None,
+                  samples_seen=samples, epochs=epochs["n"] + 1, seconds=time.perf_counter() - t0,
                   skipped_steps=learner.skipped_steps)
     (out / "train.json").write_text(json.dumps(record))
     return record

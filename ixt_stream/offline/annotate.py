@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ixt_stream.condition import leak
 from ixt_stream.config import ConfigError, IxtConfig, load_or_exit
 from ixt_stream.types import Critique, Sample
 
@@ -155,7 +156,9 @@ async def policy_task_samples(cfg: IxtConfig, num_samples: int, done: set[str]) 
                     if not text.strip():  # an empty response cannot be critiqued
                         log.info("%s-%d: empty response, not annotated", p.prompt_id, j)
                         continue
-                    yield _sample(p, j, text, num_response_tokens=len(completions[j].token_ids))
+                    c = completions[j]
+                    yield _sample(p, j, text, num_response_tokens=len(c.token_ids),
+                                  response_token_ids=c.token_ids, finish_reason=c.finish_reason)
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -166,6 +169,8 @@ class Stats:
     written: int = 0
     skipped: int = 0
     failed: int = 0
+    leaks: int = 0
+    """Critiques that contain the response's answer or the reference (`condition.leak`)."""
     seconds: float = 0.0
     labels: Counter = field(default_factory=Counter)
 
@@ -197,6 +202,7 @@ async def annotate(samples, client, output: Path, done: set[str]) -> Stats:
             out.flush()
             stats.written += 1
             stats.labels[result.critique.label.word] += 1
+            stats.leaks += bool(leak.find(result.critique.critique, result.sample))
     stats.seconds = time.perf_counter() - t0
     return stats
 
@@ -246,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
 
     stats = uvloop.run(run_async(cfg))
     print(f"annotated {stats.written} samples ({stats.skipped} already done, {stats.failed} failed) in "
-          f"{stats.seconds:.1f} s: {stats.critiques_per_s:.1f} critiques/s; labels {dict(stats.labels)} "
-          f"-> {cfg.annotate.output}")
+          f"{stats.seconds:.1f} s: {stats.critiques_per_s:.1f} critiques/s; labels {dict(stats.labels)}; "
+          f"critiques leaking the answer {stats.leaks} -> {cfg.annotate.output}")
     return 1 if stats.failed else 0
 
 

@@ -1,14 +1,17 @@
-"""`ixt eval [overrides]`: held-out accuracy under positive, negative and no conditioning.
+"""`ixt eval [overrides]`: held-out accuracy under each feedback condition, with paired CIs.
 
-An IXT model should answer best when told its answer will be good (the positive prefix it is
-always given at inference), worse under the negative prefix, and the gap between the two shows
-how much it learned to use feedback. Held-out prompts come from `tasks.eval_prompts` (a seed the
-training stream never uses); responses from vLLM; scores from reasoning-gym's own checker.
+An IXT model should answer best when told its answer will be good (the positive prefix it is given
+at inference), worse under the negative prefix; the gap shows how much it learned to use feedback.
+Conditions: "positive" / "negative" are the critiques the model most often trained with label
+good / bad (from `ixt_condition.json` beside its weights, so the prefix is token-identical to one it
+trained on); "unseen" is a positive paraphrase no critic writes (`eval.unseen_critique`); "none"
+has no prefix. The base-model control evaluates the base model under a trained model's prefixes
+(`eval.condition_from`). Held-out problems are distinct and disjoint by problem from training
+(`tasks.eval_prompts`); responses from vLLM; accuracy is exact (1 or 0 per problem).
 
-`evaluate()` is the reusable part (the online loop calls it on its own engine). The conditioning
-mode is the one the checkpoint was trained under (`ixt_condition.json` next to its weights) when
-that file exists: a baseline trained with mode none gets no prefix under any condition, and
-conditions that produce identical prompts are generated only once.
+`evaluate()` is the reusable part; `paired_ci` and `compare` give paired bootstrap confidence
+intervals over problems (the same problems under two models or two conditions). Conditions that
+produce identical prompts are generated once.
 
 Left out: several samples per prompt (pass@k), and judging with an LLM critic: accuracy here is
 the verifiable answer only.
@@ -16,15 +19,59 @@ the verifiable answer only.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
 
-from ixt_stream.config import IxtConfig, load_or_exit
+from ixt_stream.config import ConfigError, IxtConfig, load_or_exit
 
 log = logging.getLogger("ixt.eval")
+
+
+def paired_ci(a: list[float], b: list[float], resamples: int = 2000, seed: int = 0) -> dict[str, float]:
+    """mean(b - a) over paired items with a 95% percentile bootstrap interval (resampling items)."""
+    import numpy as np
+
+    diff = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
+    if diff.size == 0:
+        return {"diff": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": 0}
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, diff.size, size=(resamples, diff.size))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"diff": float(diff.mean()), "lo": float(lo), "hi": float(hi), "n": int(diff.size)}
+
+
+def scores_by_condition(report: dict) -> dict[str, dict[str, float]]:
+    """condition -> prompt_id -> exact score, from an `evaluate` report."""
+    out: dict[str, dict[str, float]] = {}
+    for s in report["samples"]:
+        out.setdefault(s["condition"], {})[s["prompt_id"]] = s["score"]
+    return out
+
+
+def gap(report: dict, resamples: int = 2000) -> dict[str, float] | None:
+    """positive - negative accuracy on the same problems, with its paired CI."""
+    by = scores_by_condition(report)
+    if "positive" not in by or "negative" not in by:
+        return None
+    ids = sorted(by["positive"])
+    return paired_ci([by["negative"][i] for i in ids], [by["positive"][i] for i in ids], resamples)
+
+
+def compare(before: dict, after: dict, resamples: int = 2000) -> dict[str, dict[str, float]]:
+    """Per condition both reports share: after - before accuracy on the same problems, paired CI;
+    plus "gap": the change of the positive - negative gap (a difference of paired differences)."""
+    b, a = scores_by_condition(before), scores_by_condition(after)
+    out = {}
+    for c in b.keys() & a.keys():
+        ids = sorted(b[c].keys() & a[c].keys())
+        out[c] = paired_ci([b[c][i] for i in ids], [a[c][i] for i in ids], resamples)
+    if {"positive", "negative"} <= b.keys() & a.keys():
+        ids = sorted(b["positive"].keys() & a["positive"].keys())
+        out["gap"] = paired_ci([b["positive"][i] - b["negative"][i] for i in ids],
+                               [a["positive"][i] - a["negative"][i] for i in ids], resamples)
+    return out
 
 
 def evaluate(engine, conditioner, prompts, conditions, max_new_tokens: int, temperature: float,
@@ -34,16 +81,18 @@ def evaluate(engine, conditioner, prompts, conditions, max_new_tokens: int, temp
     Args:
         engine: anything with `generate(token_id_prompts, n, max_new_tokens, temperature, seed)`
             returning completions with `.text` and `.token_ids` (`sample.engine.Engine`).
-        conditioner: the `Conditioner` the model was trained with (its mode decides the prefix).
+        conditioner: the `Conditioner` the model was trained with (its mode and inference feedback
+            decide the prefix).
         prompts: `tasks.Prompt`s with answers.
-        conditions: any of "positive", "negative", "none".
+        conditions: any of "positive", "negative", "unseen", "none".
 
     Returns:
-        {"metrics": flat dict: eval/<condition>/accuracy (mean score of the final answer: tagged,
-        else the last number), eval/<condition>/strict_accuracy (tagged answers only), eval/<condition>/answered
-        (fraction with an <answer> tag), eval/<condition>/response_tokens (mean), eval/num_prompts,
-        and eval/gap (positive minus negative accuracy) when both are evaluated;
-        "samples": one dict per (prompt, condition): prompt_id, condition, response, score}.
+        {"metrics": flat dict: eval/<condition>/accuracy (exact score of the final answer: tagged,
+        else the last number), eval/<condition>/strict_accuracy (tagged answers only),
+        eval/<condition>/answered (fraction with an <answer> tag), eval/<condition>/response_tokens
+        (mean), eval/<condition>/truncated (fraction cut at max_new_tokens), eval/num_prompts, and
+        eval/gap (positive minus negative accuracy) when both are evaluated;
+        "samples": one dict per (prompt, condition): prompt_id, condition, response, score, strict}.
     """
     from ixt_stream import tasks
 
@@ -54,6 +103,7 @@ def evaluate(engine, conditioner, prompts, conditions, max_new_tokens: int, temp
         ids = [conditioner.inference_ids(p.prompt, condition) for p in prompts]
         key = tuple(map(tuple, ids))
         if key not in generated:
+            log.info("generating %d responses under %s", len(ids), condition)
             outs = engine.generate(ids, n=1, max_new_tokens=max_new_tokens, temperature=temperature,
                                    seed=seed)
             generated[key] = [o[0] for o in outs]
@@ -62,14 +112,15 @@ def evaluate(engine, conditioner, prompts, conditions, max_new_tokens: int, temp
                   for p, c in zip(prompts, completions, strict=True)]
         strict = [tasks.score(p.task, c.text, p.answer, p.metadata_json, question=p.prompt, strict=True)
                   for p, c in zip(prompts, completions, strict=True)]
-        answered = [tasks.extract_answer(c.text) is not None for c in completions]
         n = max(len(prompts), 1)
         metrics[f"eval/{condition}/accuracy"] = sum(scores) / n
         metrics[f"eval/{condition}/strict_accuracy"] = sum(strict) / n
-        metrics[f"eval/{condition}/answered"] = sum(answered) / n
+        metrics[f"eval/{condition}/answered"] = sum(tasks.extract_answer(c.text) is not None
+                                                    for c in completions) / n
         metrics[f"eval/{condition}/response_tokens"] = sum(len(c.token_ids) for c in completions) / n
-        samples += [{"prompt_id": p.prompt_id, "condition": condition, "response": c.text, "score": s}
-                    for p, c, s in zip(prompts, completions, scores, strict=True)]
+        metrics[f"eval/{condition}/truncated"] = sum(c.finish_reason == "length" for c in completions) / n
+        samples += [{"prompt_id": p.prompt_id, "condition": condition, "response": c.text, "score": s,
+                     "strict": t} for p, c, s, t in zip(prompts, completions, scores, strict, strict=True)]
     if "positive" in conditions and "negative" in conditions:
         metrics["eval/gap"] = metrics["eval/positive/accuracy"] - metrics["eval/negative/accuracy"]
     return {"metrics": metrics, "samples": samples}
@@ -78,38 +129,44 @@ def evaluate(engine, conditioner, prompts, conditions, max_new_tokens: int, temp
 def table(metrics: dict[str, float], conditions: list[str]) -> str:
     """Conditions side by side: accuracy, answered, mean response tokens."""
     rows = [("accuracy", "accuracy", "{:.3f}"), ("strict accuracy", "strict_accuracy", "{:.3f}"),
-            ("answered", "answered", "{:.3f}"),
+            ("answered", "answered", "{:.3f}"), ("truncated", "truncated", "{:.3f}"),
             ("response tokens", "response_tokens", "{:.1f}")]
     lines = [f"{'':<16}" + "".join(f"{c:>10}" for c in conditions)]
     for title, key, fmt in rows:
         cells = (fmt.format(metrics[f"eval/{c}/{key}"]) for c in conditions)
         lines.append(f"{title:<16}" + "".join(f"{cell:>10}" for cell in cells))
-    if "eval/gap" in metrics:
-        lines.append(f"positive - negative accuracy: {metrics['eval/gap']:+.3f}")
     return "\n".join(lines)
 
 
-def trained_condition(model_dir: str, cfg: IxtConfig):
-    """The ConditionConfig the model was trained under, else the configured one."""
-    from ixt_stream.offline.train import CONDITION_FILE
+def conditioner_for(model_dir: str, cfg: IxtConfig):
+    """The Conditioner a model is evaluated with: its own record (or `eval.condition_from`'s)
+    gives the mode and the trained feedback; `eval.unseen_critique` adds the unseen probe."""
+    import dataclasses
 
-    path = Path(model_dir) / CONDITION_FILE
-    if not path.exists():
-        return cfg.condition
-    trained = dataclasses.replace(cfg.condition, **json.loads(path.read_text()))
-    if trained.mode != cfg.condition.mode:
-        log.info("%s was trained with condition.mode=%s: evaluating in that mode", model_dir, trained.mode)
-    return trained
+    from ixt_stream import models
+    from ixt_stream.condition import Conditioner, InferenceFeedback, record
+
+    source = cfg.eval.condition_from or model_dir
+    found = record.read(source, cfg.condition)
+    cond, inference = found if found else (cfg.condition, None)
+    if found and cond.mode != cfg.condition.mode:
+        log.info("%s was trained with condition.mode=%s: evaluating in that mode", source, cond.mode)
+    needs = [c for c in cfg.eval.conditions if c in ("positive", "negative")]
+    if cond.mode != "none" and needs and (inference is None or not inference.negative and "negative" in needs):
+        raise ConfigError(
+            f"eval.conditions: {needs} need the feedback the model was trained on, and {source} has no "
+            f"record of it (ixt_condition.json); set eval.condition_from=<a model trained with feedback> "
+            f"or eval.conditions=[none,unseen]")
+    inference = dataclasses.replace(inference or InferenceFeedback(positive=""), unseen=cfg.eval.unseen_critique)
+    return Conditioner.from_config(models.load_tokenizer(model_dir), cond, inference=inference), cond
 
 
 def run(cfg: IxtConfig) -> dict:
     from ixt_stream import models, tasks
-    from ixt_stream.condition import Conditioner
     from ixt_stream.sample.engine import Engine
 
     model_dir = cfg.eval.checkpoint or models.resolve(cfg.model)
-    cond = trained_condition(model_dir, cfg)
-    conditioner = Conditioner.from_config(models.load_tokenizer(model_dir), cond)
+    conditioner, cond = conditioner_for(model_dir, cfg)
     prompts = tasks.eval_prompts(cfg.task)
     g = cfg.generator
     engine = Engine(model_dir, dtype=g.dtype, max_model_len=cond.max_seq_len, kv_cache_gib=g.kv_cache_gib,
@@ -117,20 +174,29 @@ def run(cfg: IxtConfig) -> dict:
                     tensor_parallel_size=g.tensor_parallel_size)
     result = evaluate(engine, conditioner, prompts, cfg.eval.conditions, cfg.eval.max_new_tokens,
                       cfg.eval.temperature, seed=cfg.run.seed)
+    inference = conditioner.inference
     return {"model": model_dir, "condition_mode": cond.mode, "conditions": list(cfg.eval.conditions),
-            "tasks": list(cfg.task.names), **result}
+            "tasks": list(cfg.task.names), "feedback": inference.conditions() if inference else {},
+            "gap_ci": gap(result, cfg.eval.bootstrap), **result}
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = load_or_exit(argv)
     logging.basicConfig(level=cfg.run.log_level, format="%(asctime)s %(levelname)s eval: %(message)s")
-    report = run(cfg)
+    try:
+        report = run(cfg)
+    except ConfigError as e:
+        sys.stderr.write(f"config error: {e}\n")
+        return 2
     out = Path(cfg.eval.output or Path(cfg.run.run_dir) / "eval.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(f"{report['model']}: mode {report['condition_mode']}, "
-          f"{int(report['metrics']['eval/num_prompts'])} held-out prompts")
+          f"{int(report['metrics']['eval/num_prompts'])} held-out problems")
     print(table(report["metrics"], report["conditions"]))
+    if report["gap_ci"]:
+        g = report["gap_ci"]
+        print(f"positive - negative accuracy: {g['diff']:+.3f} [95% CI {g['lo']:+.3f}, {g['hi']:+.3f}]")
     print(f"-> {out}")
     return 0
 

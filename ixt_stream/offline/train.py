@@ -6,8 +6,9 @@ IXT (`condition.mode=critique|label`): every sample, good or bad, is trained as
 loop, without the feedback prefix. Each epoch reshuffles the samples (seeded), re-draws feedback
 dropout, and packs them into token-budget batches; one batch is one optimizer step.
 
-Writes: the model as an HF folder in `train.output_dir` (+ `ixt_condition.json`, the format it
-was trained on, which `ixt eval` reads), metrics to `run.run_dir/metrics/train.jsonl`, and
+Writes: the model as an HF folder in `train.output_dir` (+ `ixt_condition.json`: the format it
+was trained on and the feedback it most often trained with per label, which `ixt eval` conditions
+on), metrics to `run.run_dir/metrics/train.jsonl`, and
 DeepSpeed checkpoints to `run.run_dir/checkpoints/train` (`train.resume=true` continues from the
 latest one; the batch order is a function of the seed, so resuming skips exactly the batches
 already consumed).
@@ -23,17 +24,14 @@ import logging
 import random
 import sys
 from collections.abc import Iterator
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 
-from ixt_stream.condition import Conditioner
+from ixt_stream.condition import Conditioner, FeedbackCounter, record
 from ixt_stream.config import ConfigError, IxtConfig, load_or_exit
 from ixt_stream.types import ConditionedSample, Critique, Label, Sample
 
 log = logging.getLogger("ixt.train")
-
-CONDITION_FILE = "ixt_condition.json"
-"""Written next to the trained weights: the ConditionConfig the model was trained under."""
 
 _SAMPLE_FIELDS = {f.name for f in fields(Sample)}
 
@@ -129,16 +127,21 @@ def train(cfg: IxtConfig) -> dict[str, float]:
         log.info("resumed at step %d (%d batches consumed)", learner.step, consumed)
 
     sink = MetricsSink(cfg.run.run_dir, "train", tensorboard=cfg.run.tensorboard)
-    tokens, seconds, last = 0, 0.0, {}
+    tokens, seconds, last, trained_feedback = 0, 0.0, {}, FeedbackCounter()
     batches = epoch_batches(rows, conditioner, lc.epochs, cfg.run.seed, lc.tokens_per_batch,
                             lc.max_samples_per_batch)
     try:
         for index, (epoch, group) in enumerate(batches):
-            if index < consumed:
+            if index < consumed:  # trained before the resume: its feedback still counts
+                for s in group:
+                    trained_feedback.observe(s)
                 continue
             if lc.max_steps and learner.step >= lc.max_steps:
                 break
             last = learner.train_step(collate(group, tokenizer.pad_token_id))
+            if last["train/applied"]:
+                for s in group:
+                    trained_feedback.observe(s)
             last["train/epoch"] = float(epoch)
             tokens += int(last["train/tokens"])
             seconds += last["train/step_s"]
@@ -154,7 +157,7 @@ def train(cfg: IxtConfig) -> dict[str, float]:
 
     learner.save_checkpoint(checkpoints)
     out = learner.save_hf(cfg.train.output_dir)
-    (out / CONDITION_FILE).write_text(json.dumps(asdict(cfg.condition), indent=2))
+    record.write(out, cfg.condition, trained_feedback.inference_feedback())
     summary = {"train/steps": float(learner.step), "train/skipped_steps": float(learner.skipped_steps),
                "train/tokens_total": float(tokens), "train/seconds": seconds,
                "train/mean_tokens_per_s": tokens / seconds if seconds else 0.0,

@@ -4,6 +4,12 @@ One process, one in-process vLLM engine, one loop:
 
     apply the newest announced weights (ack) -> take `prompts_per_request` prompts of this
     generator's shard -> positive-conditioned prompt ids -> k samples each -> PUSH each `Sample`
+    (with the exact sampled token ids and the finish reason)
+
+The positive prefix is the one the announced weights were trained on (`WeightVersion.
+positive_critique`: the critique the learner most often trained with label good). The initial
+weights were trained on no feedback at all, so until the first version arrives the generator
+samples without a prefix.
 
 Weights change only between engine calls, so every sample of one call carries the version it was
 sampled with. A generator (re)started mid-run applies the version recorded in
@@ -53,7 +59,7 @@ def send_until_stopped(sender: sockets.Sender, body, stop: threading.Event, time
 
 def run(cfg: IxtConfig, stop: threading.Event) -> int:
     """Generate until done or `stop` is set; returns the number of samples sent."""
-    from ixt_stream.condition.format import Conditioner
+    from ixt_stream.condition.format import Conditioner, InferenceFeedback
     from ixt_stream.sample.engine import Engine
     from ixt_stream.weights import apply
 
@@ -83,6 +89,8 @@ def run(cfg: IxtConfig, stop: threading.Event) -> int:
                 ack = weights.apply(wv, engine)
                 if ack is not None:
                     apply_s = ack.apply_seconds
+                    if wv.positive_critique:  # the prefix these weights were trained to follow
+                        conditioner.inference = InferenceFeedback(positive=wv.positive_critique)
                     if not send_until_stopped(acks, ack, stop, stream.send_timeout_ms):
                         break
             # -- generate ---------------------------------------------------------------------
@@ -91,7 +99,8 @@ def run(cfg: IxtConfig, stop: threading.Event) -> int:
                 log.info("%s: prompt shard exhausted", name)
                 break
             t0 = time.perf_counter()
-            outs = engine.generate([conditioner.inference_ids(p.prompt, "positive") for p in batch],
+            condition = "positive" if conditioner.inference else "none"
+            outs = engine.generate([conditioner.inference_ids(p.prompt, condition) for p in batch],
                                    n=gen.samples_per_prompt, max_new_tokens=gen.max_new_tokens,
                                    temperature=gen.temperature, top_p=gen.top_p)
             engine_s, now, call = time.perf_counter() - t0, time.time(), call + 1
@@ -102,7 +111,8 @@ def run(cfg: IxtConfig, stop: threading.Event) -> int:
                 Sample(sample_id=f"{name}-{nonce}-{call}-{j}", prompt=p.prompt, response=c.text, task=p.task,
                        reference_answer=p.answer, prompt_id=p.prompt_id, weight_version=weights.version,
                        generator_id=name, created_at=now, num_response_tokens=len(c.token_ids),
-                       metadata={"entry": p.metadata_json})
+                       metadata={"entry": p.metadata_json}, response_token_ids=c.token_ids,
+                       finish_reason=c.finish_reason)
                 for j, (p, c) in enumerate(pairs)
             ]
             # -- push (blocks at the high-water mark) -----------------------------------------

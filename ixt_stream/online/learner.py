@@ -3,7 +3,9 @@
     prefetch thread: PULL ConditionedSample + PULL WeightAck -> bounded queue
     main loop:       fresh samples (stale / already-trained ones dropped, ledgered)
                      -> token-budget groups (batch.pack) -> collate -> DeepSpeed step
-                     -> every `sync_every` steps: full weights -> publish version v+1
+                     -> every `sync_every` steps: full weights -> publish version v+1, with the
+                        critique most often trained with label good (the generators' prefix)
+                     -> at the end: run_dir/final + ixt_condition.json (format + inference feedback)
 
 The receiver runs in its own thread so the optimizer step never waits on socket I/O it could
 have overlapped; the queue is bounded, so a slow learner pushes back on the whole pipeline
@@ -38,7 +40,7 @@ from ixt_stream.ledger import Ledger
 from ixt_stream.metrics import MetricsSink
 from ixt_stream.online.supervisor import write_status
 from ixt_stream.stream import sockets
-from ixt_stream.types import ConditionedSample, WeightAck
+from ixt_stream.types import ConditionedSample, Label, WeightAck
 
 log = logging.getLogger(__name__)
 NAME = "learner"
@@ -93,6 +95,7 @@ class Prefetcher(threading.Thread):
 def run(cfg: IxtConfig, stop: threading.Event) -> dict:
     """Train until `learner.max_steps` or `stop`; returns the final summary."""
     from ixt_stream.batch.collate import collate, pack
+    from ixt_stream.condition import FeedbackCounter, record
     from ixt_stream.update import checkpoint_integrity as integrity
     from ixt_stream.update.learner import Learner
     from ixt_stream.weights import publish
@@ -125,6 +128,7 @@ def run(cfg: IxtConfig, stop: threading.Event) -> dict:
         log.info("resumed at step %d, weights v%d (%d later training events forgotten)", step, version, forgotten)
 
     drops: Counter[str] = Counter()
+    trained_feedback = FeedbackCounter()  # -> the positive prefix generators and eval condition on
     staleness: Counter[int] = Counter()
     waited = {"s": 0.0}
 
@@ -173,13 +177,16 @@ def run(cfg: IxtConfig, stop: threading.Event) -> dict:
             if metrics["train/applied"]:
                 ledger.trained(ids, learner.step)
                 samples_trained += len(group)
+                for s in group:
+                    trained_feedback.observe(s)
             else:
                 drops["nonfinite_step"] += len(group)
                 ledger.dropped([(i, "nonfinite_step") for i in ids])
             if metrics["train/applied"] and learner.step % sc.sync_every == 0:
                 t0 = time.perf_counter()
                 version += 1
-                publisher.publish(learner.full_state_dict(), version, learner.step)
+                publisher.publish(learner.full_state_dict(), version, learner.step,
+                                  trained_feedback.most_frequent(Label.GOOD))
                 pushes.append(time.perf_counter() - t0)
             if lc.save_every and metrics["train/applied"] and learner.step % lc.save_every == 0:
                 learner.save_checkpoint(ckpt_dir)
@@ -211,6 +218,7 @@ def run(cfg: IxtConfig, stop: threading.Event) -> dict:
                 break  # now, not when the next group is complete (no more samples may come)
         if learner.step > 0:
             learner.save_hf(run_dir / "final")
+            record.write(run_dir / "final", cfg.condition, trained_feedback.inference_feedback())
             if lc.save_every:
                 learner.save_checkpoint(ckpt_dir)
     finally:

@@ -1,9 +1,14 @@
-"""`ixt run [overrides]`: the main job. Evaluate, run the online loop, evaluate again, summarise.
+"""`ixt run [overrides]`: the main job. Run the online loop, evaluate, summarise.
 
-    eval (base model)  ->  ixt up (reward, learner, orchestrator, generators)  ->  wait for the
-    learner to reach max_steps (a live progress line)  ->  ixt down  ->  eval (final weights)
-    ->  summary: accuracy before/after per condition, samples trained, versions pushed, the
-        ledger's conservation check, throughput; a learning-curve PNG.
+    ixt up (reward, learner, orchestrator, generators)  ->  wait for the learner to reach
+    max_steps (a live progress line)  ->  ixt down  ->  eval (final weights)  ->  eval (the base
+    model under the very same prefixes: the control)  ->  summary: accuracy per condition before
+    and after with paired bootstrap 95% CIs over held-out problems, the positive - negative gap
+    before and after, samples trained, versions pushed, the ledger's conservation check; a
+    learning-curve PNG.
+
+The base model is evaluated after training because its prefixes are the trained model's: the
+critiques it most often trained with label good and bad (recorded beside the final weights).
 
 Each evaluation runs `ixt eval` in its own process, so its vLLM engine is gone before the stack
 starts (two cores, and in-process vLLM owns torch's thread settings).
@@ -58,10 +63,39 @@ def wait_for_learner(cfg: IxtConfig, overrides: list[str], poll_s: float = 10.0)
     return json.loads(summary_path.read_text())
 
 
+def _ci(c: dict) -> str:
+    return f"{c['diff']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]"
+
+
+def print_summary(summary: dict) -> None:
+    """The main job's verdict: accuracy per condition before/after with paired 95% CIs."""
+    before, after, change = summary["accuracy_before"], summary["accuracy_after"], summary["change"]
+    print(f"\n== summary {summary['run_dir']}")
+    print(f"  held-out: {summary['eval_problems']} distinct problems, none in the training stream; "
+          f"exact accuracy, paired bootstrap 95% CIs over problems")
+    print(f"  positive prefix (the critique most often trained with label good): {summary['positive_critique']!r}")
+    print(f"  {'condition':<10}{'base model':>12}{'trained':>10}   after - before [95% CI]")
+    for c in after:
+        ci = _ci(change[c]) if c in change else ""
+        print(f"  {c:<10}{before.get(c, float('nan')):>12.3f}{after[c]:>10.3f}   {ci}")
+    print("  (base model = the control: the base model under the very same prefixes)")
+    if "gap" in change:
+        print(f"  positive - negative gap: base {_ci(summary['gap_before'])} -> trained {_ci(summary['gap_after'])}; "
+              f"change {_ci(change['gap'])}")
+    busy = 100 * summary["learner_busy_fraction"]
+    ledger = summary["ledger"]
+    print(f"  samples trained {summary['samples_trained']} in {summary['steps']} steps; "
+          f"weight versions pushed {summary['versions_pushed']}; learner busy {busy:.0f}%")
+    print(f"  ledger: generated {ledger['generated']} = trained {ledger['trained']} + dropped {ledger['dropped']} "
+          f"+ in flight {ledger['in_flight']}; trained twice {ledger['trained_twice']}")
+    print(f"  wall {summary['wall_s']:.0f} s; curves {summary['plot']}")
+
+
 def main(argv: list[str]) -> int:
     cfg = load_or_exit(argv)
     from ixt_stream import models
     from ixt_stream.metrics import plot_curves
+    from ixt_stream.offline.evaluate import compare
 
     run_dir = Path(cfg.run.run_dir)
     if (run_dir / "learner_summary.json").exists():
@@ -69,36 +103,32 @@ def main(argv: list[str]) -> int:
         return 2
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    print(f"== evaluating the base model ({cfg.model.name})", flush=True)
-    before = _eval(argv, models.resolve(cfg.model), run_dir / "eval_before.json")
     print("== starting the online stack", flush=True)
     supervisor.up(run_dir, supervisor.stack(cfg, argv))
     try:
         learner = wait_for_learner(cfg, argv)
     finally:
         supervisor.down(run_dir, grace_s=cfg.run.stop_grace_s)
+    final = run_dir / "final"
     print("== evaluating the trained model", flush=True)
-    after = _eval(argv, str(run_dir / "final"), run_dir / "eval_after.json")
+    after = _eval(argv, str(final), run_dir / "eval_after.json")
+    print(f"== evaluating the base model ({cfg.model.name}) under the same prefixes (the control)", flush=True)
+    before = _eval([*argv, f"eval.condition_from={final}"], models.resolve(cfg.model), run_dir / "eval_before.json")
     ledger = Ledger(run_dir / "ledger.sqlite").summary()
     plot = plot_curves([run_dir / "metrics" / "learner.jsonl"], run_dir / "learning_curve.png",
                        keys=["train/loss", "critique/score_mean", "learner/samples_per_s", "weights/version"])
     summary = {
+        "run_dir": str(run_dir), "eval_problems": int(after["metrics"]["eval/num_prompts"]),
+        "positive_critique": after["feedback"].get("positive", ["", ""])[1],
         "accuracy_before": {c: before["metrics"][f"eval/{c}/accuracy"] for c in before["conditions"]},
         "accuracy_after": {c: after["metrics"][f"eval/{c}/accuracy"] for c in after["conditions"]},
+        "change": compare(before, after, cfg.eval.bootstrap),
+        "gap_before": before["gap_ci"], "gap_after": after["gap_ci"],
         "samples_trained": learner["samples_trained"], "versions_pushed": learner["versions_pushed"],
         "steps": learner["steps"], "learner_busy_fraction": learner["busy_fraction"],
         "weight_push_s": learner["push_s"], "staleness": learner["staleness"], "drops": learner["drops"],
         "ledger": ledger, "wall_s": time.time() - t0, "plot": str(plot),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    print("\n== summary", run_dir)
-    for c in summary["accuracy_before"]:
-        print(f"  accuracy under {c:<8} conditioning: {summary['accuracy_before'][c]:.3f} -> "
-              f"{summary['accuracy_after'].get(c, float('nan')):.3f}")
-    busy = 100 * summary["learner_busy_fraction"]
-    print(f"  samples trained {summary['samples_trained']} in {summary['steps']} steps; "
-          f"weight versions pushed {summary['versions_pushed']}; learner busy {busy:.0f}%")
-    print(f"  ledger: generated {ledger['generated']} = trained {ledger['trained']} + dropped {ledger['dropped']} "
-          f"+ in flight {ledger['in_flight']}; trained twice {ledger['trained_twice']}")
-    print(f"  wall {summary['wall_s']:.0f} s; curves {plot}")
+    print_summary(summary)
     return 0 if ledger["conserved"] else 1

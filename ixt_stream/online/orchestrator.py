@@ -8,8 +8,10 @@ One asyncio task feeds samples from ZeroMQ into the reward client's stream; the 
 conditions and pushes. When the learner is slow the PUSH blocks, the stream stops pulling, the
 samples socket fills and the generators block: back-pressure end to end, nothing dropped. A
 critique that fails for good (after the client's retries) is dropped with reason
-`critique_failed`; a sample too long for `condition.max_seq_len` with `too_long`. Both go to the
-ledger, so no sample is trained without a critique or lost silently. When the reward service
+`critique_failed`; a sample too long for `condition.max_seq_len` with `too_long`; under
+`condition.leak_policy=drop`, one whose critique gives the answer away with `feedback_leak` (under
+the other policies leaks are only counted: `critique/leak_fraction`). All go to the ledger,
+so no sample is trained without a critique or lost silently. When the reward service
 stays down through every retry (a crash and restart), the stream ends with `CritiqueError`: the
 orchestrator waits for the service's health to say SERVING again (up to `client.ready_timeout_s`)
 and opens a new stream that first resends every sample taken off the socket but not yet answered.
@@ -25,7 +27,7 @@ from collections import deque
 from pathlib import Path
 
 from ixt_stream import models
-from ixt_stream.condition import Conditioner
+from ixt_stream.condition import Conditioner, Rejected
 from ixt_stream.config import IxtConfig
 from ixt_stream.critique.client import RETRYABLE, CritiqueError, RewardClient
 from ixt_stream.ledger import Ledger
@@ -47,7 +49,8 @@ async def run(cfg: IxtConfig, stop: asyncio.Event) -> dict:
     samples = sockets.receiver(cfg.stream, "samples", cfg.run.run_id)
     out = sockets.sender(cfg.stream, "conditioned", cfg.run.run_id)
     sink = MetricsSink(run_dir, NAME, prometheus_port=cfg.run.metrics_port)
-    counts = {"received": 0, "conditioned": 0, "critique_failed": 0, "too_long": 0, "stream_restarts": 0}
+    counts = {"received": 0, "conditioned": 0, "critique_failed": 0, "too_long": 0, "feedback_leak": 0,
+              "feedback_leaks": 0, "stream_restarts": 0}
     latency_ms: deque[float] = deque(maxlen=256)
     scores: deque[float] = deque(maxlen=256)
     started = time.perf_counter()
@@ -60,6 +63,7 @@ async def run(cfg: IxtConfig, stop: asyncio.Event) -> dict:
             "orchestrator/critiques_per_s": counts["conditioned"] / elapsed,
             "critique/latency_ms_p50": lat[len(lat) // 2],
             "critique/score_mean": sum(scores) / len(scores),
+            "critique/leak_fraction": counts["feedback_leaks"] / max(counts["conditioned"], 1),
             "orchestrator/rejected_frames": sum(samples.rejects.values()),
         }
         sink.log(metrics, step=counts["conditioned"])
@@ -125,11 +129,12 @@ async def run(cfg: IxtConfig, stop: asyncio.Event) -> dict:
                         continue
                     try:
                         conditioned = conditioner.condition(result.sample, result.critique)
-                    except ValueError as e:
-                        counts["too_long"] += 1
-                        ledger.dropped([(sid, "too_long")])
+                    except Rejected as e:
+                        counts[e.reason] += 1
+                        ledger.dropped([(sid, e.reason)])
                         log.warning("%s", e)
                         continue
+                    counts["feedback_leaks"] += conditioned.feedback_leaked
                     ledger.critiqued([sid])
                     if not await push(conditioned):
                         continue  # stopping: it stays 'critiqued' (in flight) in the ledger

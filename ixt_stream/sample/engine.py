@@ -24,6 +24,8 @@ from dataclasses import dataclass
 class Completion:
     text: str
     token_ids: list[int]
+    finish_reason: str = ""
+    """"stop" (end-of-turn or a stop string) | "length" (cut at max_new_tokens)."""
 
 
 _PACK = None
@@ -116,7 +118,7 @@ class Engine:
                                 top_p=top_p, seed=seed)
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
                                  use_tqdm=False)
-        return [[Completion(c.text, list(c.token_ids)) for c in o.outputs] for o in outs]
+        return [[Completion(c.text, list(c.token_ids), c.finish_reason or "") for c in o.outputs] for o in outs]
 
     def generate_text(self, prompts: list[str], max_new_tokens: int, temperature: float = 0.0) -> list[str]:
         """One completion per plain-text prompt (used by LLM critics)."""

@@ -120,12 +120,15 @@ class WeightPublisher:
         self.writer, self.announce, self.root = writer, announce, Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def publish(self, state_dict: Mapping[str, torch.Tensor], version: int, step: int) -> WeightVersion:
-        """Make `state_dict` (name -> tensor, HF parameter names) version `version` everywhere."""
+    def publish(self, state_dict: Mapping[str, torch.Tensor], version: int, step: int,
+                positive_critique: str = "") -> WeightVersion:
+        """Make `state_dict` (name -> tensor, HF parameter names) version `version` everywhere,
+        with the positive feedback generators condition on from now on."""
         t0 = time.perf_counter()
         uri, digest, num_bytes = self.writer.write(state_dict, version)
         wv = WeightVersion(version=version, step=step, uri=uri, digest=digest, num_bytes=num_bytes,
-                           published_at=time.time(), transport=self.writer.transport)
+                           published_at=time.time(), transport=self.writer.transport,
+                           positive_critique=positive_critique)
         write_latest(self.root, wv)
         self.announce.send(wv)
         log.info("published weights v%d (step %d, %.1f MB, %s) in %.2fs", version, step,

@@ -41,6 +41,7 @@ def sample_to_pb(s: Sample) -> pb.Sample:
         response=s.response, reference_answer=s.reference_answer, weight_version=s.weight_version,
         generator_id=s.generator_id, created_at=s.created_at,
         num_response_tokens=s.num_response_tokens, metadata=s.metadata,
+        response_token_ids=pack_ids(s.response_token_ids), finish_reason=s.finish_reason,
     )
 
 
@@ -50,13 +51,14 @@ def sample_from_pb(m: pb.Sample) -> Sample:
         reference_answer=m.reference_answer, prompt_id=m.prompt_id,
         weight_version=m.weight_version, generator_id=m.generator_id, created_at=m.created_at,
         num_response_tokens=m.num_response_tokens, metadata=dict(m.metadata),
+        response_token_ids=unpack_ids(m.response_token_ids), finish_reason=m.finish_reason,
     )
 
 
 def critique_request(s: Sample) -> pb.CritiqueRequest:
     return pb.CritiqueRequest(
         sample_id=s.sample_id, prompt=s.prompt, response=s.response,
-        reference_answer=s.reference_answer, task=s.task, metadata=s.metadata,
+        reference_answer=s.reference_answer, task=s.task, metadata=s.metadata, truncated=s.truncated,
     )
 
 
@@ -102,14 +104,14 @@ def conditioned_from_pb(m: pb.ConditionedSample) -> ConditionedSample:
 def weights_to_pb(w: WeightVersion) -> pb.WeightVersion:
     return pb.WeightVersion(
         version=w.version, step=w.step, uri=w.uri, digest=w.digest, num_bytes=w.num_bytes,
-        published_at=w.published_at, transport=w.transport,
+        published_at=w.published_at, transport=w.transport, positive_critique=w.positive_critique,
     )
 
 
 def weights_from_pb(m: pb.WeightVersion) -> WeightVersion:
     return WeightVersion(
         version=m.version, step=m.step, uri=m.uri, digest=m.digest, num_bytes=m.num_bytes,
-        published_at=m.published_at, transport=m.transport,
+        published_at=m.published_at, transport=m.transport, positive_critique=m.positive_critique,
     )
 
 

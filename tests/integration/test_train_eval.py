@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from ixt_stream import tasks
-from ixt_stream.condition import Conditioner
+from ixt_stream.condition import Conditioner, InferenceFeedback, record
 from ixt_stream.config import TaskConfig, load
 from ixt_stream.offline.annotate import annotated_row
-from ixt_stream.offline.evaluate import evaluate, table, trained_condition
-from ixt_stream.offline.train import CONDITION_FILE, read_annotated
+from ixt_stream.offline.evaluate import compare, conditioner_for, evaluate, gap, paired_ci, table
+from ixt_stream.offline.train import read_annotated
 from ixt_stream.types import Critique, Label, Sample
 
 
@@ -75,6 +75,7 @@ def test_read_annotated_rejects_a_broken_line_mid_file(tmp_path):
 class _Completion:
     text: str
     token_ids: list[int]
+    finish_reason: str = "stop"
 
 
 class _FakeEngine:
@@ -95,8 +96,9 @@ class _FakeEngine:
 
 def test_evaluate_scores_each_condition_and_the_gap(tokenizer):
     prompts = tasks.eval_prompts(TaskConfig(eval_size=6))
-    cond = Conditioner.from_config(tokenizer, load(["model=tiny"]).condition)
-    prefix = cond.feedback_ids(Label.GOOD, cond.positive_critique, document=False)
+    cond = Conditioner.from_config(tokenizer, load(["model=tiny"]).condition,
+                                   inference=InferenceFeedback("Correct and clear.", "The final answer is wrong."))
+    prefix = cond.feedback_ids(Label.GOOD, "Correct and clear.", document=False)
     answers = {tuple(cond.prompt_ids(p.prompt)): p.answer for p in prompts}
     engine = _FakeEngine(prefix, answers)
     result = evaluate(engine, cond, prompts, ["positive", "negative", "none"], 8, 0.0)
@@ -107,16 +109,31 @@ def test_evaluate_scores_each_condition_and_the_gap(tokenizer):
     assert m["eval/gap"] == 1.0 - lucky
     assert m["eval/positive/answered"] == 1.0 and m["eval/none/response_tokens"] == 3.0
     assert engine.calls == 3 and len(result["samples"]) == 18
-    assert "positive - negative accuracy" in table(m, ["positive", "negative", "none"])
+    assert "truncated" in table(m, ["positive", "negative", "none"])
+    g = gap(result, resamples=500)
+    assert g["diff"] == pytest.approx(1.0 - lucky) and g["lo"] <= g["diff"] <= g["hi"] and g["n"] == 6
+
+
+def test_paired_ci_and_compare():
+    same = paired_ci([1, 0, 1, 0], [1, 0, 1, 0])
+    assert (same["diff"], same["lo"], same["hi"]) == (0.0, 0.0, 0.0)
+    up = paired_ci([0] * 50 + [1] * 50, [1] * 100)
+    assert up["diff"] == 0.5 and 0.35 < up["lo"] < 0.5 < up["hi"] <= 0.65
+    report = lambda pos, neg: {"samples": [  # noqa: E731
+        *({"prompt_id": str(i), "condition": "positive", "score": s} for i, s in enumerate(pos)),
+        *({"prompt_id": str(i), "condition": "negative", "score": s} for i, s in enumerate(neg))]}
+    out = compare(report([0, 1, 0, 1], [0, 1, 0, 1]), report([1, 1, 1, 1], [0, 0, 0, 1]))
+    assert out["positive"]["diff"] == 0.5 and out["negative"]["diff"] == -0.25
+    assert out["gap"]["diff"] == 0.75  # the gap went from 0 to 0.75
 
 
 def test_baseline_is_generated_once_without_prefix(tokenizer, tmp_path):
-    """A model trained with mode none: its checkpoint says so, every condition is the bare prompt."""
-    cfg = load(["model=tiny"])
-    (tmp_path / CONDITION_FILE).write_text(json.dumps({"mode": "none"}))
-    cond_cfg = trained_condition(str(tmp_path), cfg)
+    """A model trained with mode none: its record says so, every condition is the bare prompt."""
+    cfg = load(["model=tiny", f"eval.checkpoint={tmp_path}"])
+    record.write(tmp_path, load(["condition.mode=none"]).condition, None)
+    tokenizer.save_pretrained(tmp_path)
+    cond, cond_cfg = conditioner_for(str(tmp_path), cfg)
     assert cfg.condition.mode == "critique" and cond_cfg.mode == "none"
-    cond = Conditioner.from_config(tokenizer, cond_cfg)
     prompts = tasks.eval_prompts(TaskConfig(eval_size=3))
     engine = _FakeEngine([-1], {})
     result = evaluate(engine, cond, prompts, ["positive", "negative", "none"], 8, 0.0)
@@ -150,8 +167,10 @@ def test_train_then_eval_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr[-4000:]
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["train/steps"] == 6 and summary["train/mean_tokens_per_s"] > 0
-    for name in ("model.safetensors", "config.json", "tokenizer.json", CONDITION_FILE):
+    for name in ("model.safetensors", "config.json", "tokenizer.json", record.CONDITION_FILE):
         assert (out / name).exists(), name
+    trained = json.loads((out / record.CONDITION_FILE).read_text())["inference"]
+    assert trained == {"positive": "Correct and clear.", "negative": "The final answer is wrong.", "unseen": ""}
     metrics = [json.loads(line) for line in (run_dir / "metrics" / "train.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
     assert metrics[-1]["train/loss"] < metrics[0]["train/loss"]
@@ -167,8 +186,17 @@ def test_train_then_eval_end_to_end(tmp_path):
              "eval.max_new_tokens=8")
     assert r.returncode == 0, r.stderr[-4000:]
     report = json.loads(report_path.read_text())
-    assert report["condition_mode"] == "critique" and len(report["samples"]) == 12
-    for c in ("positive", "negative", "none"):
+    assert report["condition_mode"] == "critique" and len(report["samples"]) == 16
+    for c in ("positive", "negative", "none", "unseen"):
         assert 0.0 <= report["metrics"][f"eval/{c}/accuracy"] <= 1.0
         assert report["metrics"][f"eval/{c}/response_tokens"] > 0
-    assert "positive - negative accuracy" in r.stdout
+    assert report["feedback"]["positive"] == [3, "Correct and clear."]
+    assert "positive - negative accuracy" in r.stdout and "95% CI" in r.stdout
+
+    # the base model has no record: positive needs one, and says where to get it
+    r = _ixt("eval", *common, f"eval.output={report_path}", "task.eval_size=4", "eval.max_new_tokens=8")
+    assert r.returncode == 2 and "eval.condition_from" in r.stderr
+    r = _ixt("eval", *common, f"eval.condition_from={out}", f"eval.output={report_path}", "task.eval_size=4",
+             "eval.max_new_tokens=8")
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert json.loads(report_path.read_text())["feedback"]["positive"] == [3, "Correct and clear."]

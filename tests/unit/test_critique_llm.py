@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from ixt_stream.critique.batcher import DynamicBatcher
 from ixt_stream.critique.completers import SGLANG_MISSING, SGLangCompleter, fit_tokens
-from ixt_stream.critique.llm import LLMBackend, build_messages, parse, redact, render_plain
-from ixt_stream.critique.verifier import VerifierBackend
+from ixt_stream.critique.llm import LLMBackend, build_messages, parse, render_plain
+from ixt_stream.critique.verifier import KINDS, VerifierBackend
 from ixt_stream.types import Label, Sample
 
 SAMPLE = Sample(sample_id="s1", prompt="Calculate 17 + 25.", response="17 + 25 = 41.\n<answer>41</answer>",
@@ -76,12 +76,6 @@ def test_parse_never_raises_and_stays_in_range(text):
     assert 0 < len(p.critique) <= 140  # cut to ~max_critique_chars (plus the cut marker)
 
 
-def test_redact_masks_the_reference_only_for_wrong_answers():
-    assert redact("It should be 42, not 41.", "42", "41") == "It should be [the correct value], not 41."
-    assert redact("The answer 42 is right.", "42", "42") == "The answer 42 is right."
-    assert redact("420 and 4.2 are other numbers", "42", "41") == "420 and 4.2 are other numbers"
-
-
 # -- prompt -----------------------------------------------------------------------------------
 
 
@@ -126,7 +120,8 @@ def test_hybrid_keeps_the_verifier_verdict_and_tells_the_llm():
     assert c.critique == "Looks great!"
     assert "Label: bad" in fake.chats[0][1]["content"]  # the LLM was told the verdict
     fake.reply = "garbage"  # no usable critique -> the verifier's own
-    assert "'41' is wrong" in asyncio.run(backend.critique(SAMPLE)).critique
+    own = asyncio.run(backend.critique(SAMPLE)).critique
+    assert any(own.startswith(p) for p in KINDS["wrong_slip"][1]), own
 
 
 # -- dynamic batching -------------------------------------------------------------------------

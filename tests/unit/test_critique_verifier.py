@@ -1,16 +1,18 @@
-"""The verifier critic: labels and scores from reasoning-gym, critiques that never leak the answer."""
+"""The verifier critic: labels and scores from exact answer checks, critiques that name the kind of
+mistake or virtue and never leak the answer."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections import Counter
 
 import pytest
 
 from ixt_stream.config import load
 from ixt_stream.critique.backend import InvalidRequest
-from ixt_stream.critique.verifier import VerifierBackend
+from ixt_stream.critique.verifier import KINDS, VerifierBackend, wrong_kind
 from ixt_stream.offline.annotate import synthetic_task_samples
 from ixt_stream.types import Label, Sample
 
@@ -26,46 +28,60 @@ def verifier() -> VerifierBackend:
 def judge(verifier, response: str, **kw):
     fields = dict(sample_id="s", prompt="Calculate 17 + 25.", response=response, task="basic_arithmetic",
                   reference_answer="42", metadata={"entry": ENTRY})
-    return asyncio.run(verifier.critique(Sample(**{**fields, **kw})))
+    return verifier.verdict(Sample(**{**fields, **kw}))
 
 
-def test_correct_answer_is_good(verifier):
-    c = judge(verifier, f"{REASONING}\n<answer>42</answer>")
-    assert (c.label, c.score) == (Label.GOOD, 1.0)
-    assert "correct" in c.critique and "No reasoning" not in c.critique
-    assert "reasoning-gym score" in c.thinking
+def test_no_critique_text_has_a_digit():
+    for label, texts in KINDS.values():
+        assert len(texts) >= 3 and label in (Label.GOOD, Label.MIXED, Label.BAD)
+        for t in texts:
+            assert not re.search(r"\d", t), t
 
 
-def test_wrong_value_is_bad_and_does_not_state_the_reference(verifier):
-    c = judge(verifier, f"{REASONING}\n<answer>41</answer>")
-    assert (c.label, c.score) == (Label.BAD, 0.0)
-    assert "'41' is wrong" in c.critique
-    assert "42" not in c.critique  # the critique is trained on as a prefix: no answer leaks
-    assert "42" in c.thinking  # the trace (never trained on) keeps the reference for debugging
+@pytest.mark.parametrize("response, kind, label, score", [
+    (f"{REASONING}\n<answer>42</answer>", "correct", Label.GOOD, 1.0),
+    ("<answer>42</answer>", "correct_unexplained", Label.GOOD, 1.0),
+    (f"{REASONING}\n<answer>-42</answer>", "wrong_sign", Label.BAD, 0.0),
+    (f"{REASONING}\n<answer>41</answer>", "wrong_slip", Label.BAD, 0.0),
+    (f"{REASONING}\n<answer>52</answer>", "wrong_place_value", Label.BAD, 0.0),
+    (f"{REASONING}\n<answer>17</answer>", "wrong", Label.BAD, 0.0),
+    (f"{REASONING} The sum is 42.", "correct_untagged", Label.MIXED, 0.5),
+    (f"{REASONING}\n<answer>42", "correct_untagged", Label.MIXED, 0.5),
+    ("I am not sure how to add these numbers at all.", "no_answer", Label.BAD, 0.0),
+    ("<answer></answer>", "empty_tags", Label.BAD, 0.0),
+])
+def test_kinds(verifier, response, kind, label, score):
+    v = judge(verifier, response)
+    assert (v.kind, v.label, v.score) == (kind, label, score)
+    assert v.critique.split(" No working")[0].split(" The response is also")[0] in KINDS[kind][1]
+    assert "42" not in v.critique and "reference '42'" in v.thinking  # the trace keeps it for debugging
 
 
-def test_missing_answer_is_bad(verifier):
-    c = judge(verifier, "I am not sure how to add these numbers at all.")
-    assert (c.label, c.score) == (Label.BAD, 0.0)
-    assert "no final answer" in c.critique
+def test_truncated_responses_are_told_apart(verifier):
+    right = judge(verifier, f"{REASONING}\n<answer>42</answer> and then I keep talking", finish_reason="length")
+    assert (right.kind, right.label) == ("correct_cut_off", Label.MIXED)
+    unfinished = judge(verifier, f"{REASONING} so the total is", finish_reason="length")
+    assert (unfinished.kind, unfinished.label) == ("cut_off", Label.BAD)
+    wrong = judge(verifier, f"{REASONING}\n<answer>41</answer> more", finish_reason="length")
+    assert wrong.kind == "wrong_slip" and wrong.critique.endswith("cut off before it ends.")
 
 
-def test_right_value_without_tags_is_mixed(verifier):
-    for response in (f"{REASONING} The sum is 42.", f"{REASONING}\n<answer>42", f"{REASONING}\n<answr>42</answr>"):
-        c = judge(verifier, response)
-        assert (c.label, c.score) == (Label.MIXED, 0.5), response
-        assert "tags" in c.critique
+def test_paraphrase_is_stable_per_sample_and_varies_across_samples(verifier):
+    texts = {judge(verifier, f"{REASONING}\n<answer>42</answer>", sample_id=f"s{i}").critique for i in range(30)}
+    assert texts == set(KINDS["correct"][1])
+    again = {judge(verifier, f"{REASONING}\n<answer>42</answer>", sample_id="s7").critique for _ in range(3)}
+    assert len(again) == 1
 
 
-def test_empty_tags_and_no_reasoning(verifier):
-    c = judge(verifier, "<answer></answer>")
-    assert c.label == Label.BAD and "empty" in c.critique and "No reasoning is shown" in c.critique
+def test_no_reasoning_is_noted_on_bad_answers(verifier):
+    assert judge(verifier, "<answer>17</answer>").critique.endswith("No working is shown.")
 
 
-def test_partial_credit_is_mixed_with_reasoning_gym_score(verifier):
-    c = judge(verifier, f"{REASONING}\n<answer>the answer is 42</answer>")
-    assert c.label == Label.MIXED and 0.0 < c.score < 1.0
-    assert "only the final answer" in c.critique
+def test_wrong_kind_never_needs_the_value():
+    assert wrong_kind("-7", "7") == "wrong_sign"
+    assert wrong_kind("300", "200") == "wrong_place_value"
+    assert wrong_kind("310", "200") == "wrong"
+    assert wrong_kind("seven", "7") == "wrong"
 
 
 @pytest.mark.parametrize("kw, why", [
