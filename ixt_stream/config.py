@@ -76,7 +76,7 @@ class TaskConfig:
     """Seed of the held-out prompt set; disjoint from the training pool by construction."""
     eval_size: int = 64
     dataset_kwargs: dict[str, Any] = field(default_factory=lambda: {
-        "basic_arithmetic": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1,
+        "basic_arithmetic": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2,
                              "operators": ["+", "-"], "allow_parentheses": False,
                              "allow_negation": False},
     })

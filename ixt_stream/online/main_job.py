@@ -113,7 +113,10 @@ def main(argv: list[str]) -> int:
     print("== evaluating the trained model", flush=True)
     after = _eval(argv, str(final), run_dir / "eval_after.json")
     print(f"== evaluating the base model ({cfg.model.name}) under the same prefixes (the control)", flush=True)
-    before = _eval([*argv, f"eval.condition_from={final}"], models.resolve(cfg.model), run_dir / "eval_before.json")
+    conditions = ",".join(c for c in cfg.eval.conditions if c != "unseen")  # the unseen probe: trained only
+    control = [a for a in argv if not a.startswith("eval.conditions=")] + [
+        f"eval.condition_from={final}", f"eval.conditions=[{conditions}]"]
+    before = _eval(control, models.resolve(cfg.model), run_dir / "eval_before.json")
     ledger = Ledger(run_dir / "ledger.sqlite").summary()
     plot = plot_curves([run_dir / "metrics" / "learner.jsonl"], run_dir / "learning_curve.png",
                        keys=["train/loss", "critique/score_mean", "learner/samples_per_s", "weights/version"])

@@ -80,4 +80,9 @@ def test_online_loop_pushes_versions_and_accounts_for_every_sample(tmp_path, tin
     assert len(rows) == 8 and all(math.isfinite(r["train/loss"]) for r in rows)
     assert summary["skipped_steps"] == 0
     assert (tmp_path / "run" / "final" / "model.safetensors").exists()
+    assert json.loads((tmp_path / "run" / "final" / "ixt_condition.json").read_text())["mode"] == "critique"
+
+    # -- no critique gave an answer away, and the leak check ran on every one ----------------------
+    orch = read_jsonl(tmp_path / "run" / "metrics" / "orchestrator.jsonl")
+    assert orch and all(r["critique/leak_fraction"] == 0.0 for r in orch)
     assert json.loads((tmp_path / "run" / "learner_summary.json").read_text())["done"]

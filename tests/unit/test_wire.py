@@ -13,7 +13,8 @@ from ixt_stream.wire import codec
 from ixt_stream.wire.ixt.v1 import ixt_pb2 as pb
 
 SAMPLE = Sample("s", "p", "r", task="t", reference_answer="4", prompt_id="p0", weight_version=3,
-                generator_id="g0", created_at=1.5, num_response_tokens=7, metadata={"entry": "{}"})
+                generator_id="g0", created_at=1.5, num_response_tokens=7, metadata={"entry": "{}"},
+                response_token_ids=[17, 2, 49151, 0], finish_reason="length")
 
 
 @pytest.mark.parametrize("body", [
@@ -21,11 +22,22 @@ SAMPLE = Sample("s", "p", "r", task="t", reference_answer="4", prompt_id="p0", w
     ConditionedSample(SAMPLE, Critique("s", "ok", 0.5, Label.MIXED, thinking="t", model_id="m"),
                       [1, 2, -3, 2**31 - 1], [0, 0, 1, 1], 2),
     ConditionedSample(SAMPLE, None, [5], [1], 0),
-    WeightVersion(4, 8, "/w/v4", "ab" * 32, 1024, 2.0, "filesystem"),
+    WeightVersion(4, 8, "/w/v4", "ab" * 32, 1024, 2.0, "filesystem", positive_critique="Correct."),
     WeightAck("g1", 4, 3.0, 0.5),
 ])
 def test_round_trip(body):
     assert codec.decode_frame(codec.encode_frame(body, "run"), "run") == body
+
+
+def test_sampled_ids_and_finish_reason_cross_every_hop():
+    """generator -> orchestrator (Sample) -> learner (ConditionedSample): ids and ending unchanged;
+    the critic is told the response was cut."""
+    hop = codec.decode_frame(codec.encode_frame(SAMPLE, "run"), "run")
+    assert (hop.response_token_ids, hop.finish_reason, hop.truncated) == ([17, 2, 49151, 0], "length", True)
+    assert codec.critique_request(hop).truncated
+    cs = ConditionedSample(hop, None, [9, 17, 2, 49151, 0], [0, 1, 1, 1, 1], 0)
+    again = codec.decode_frame(codec.encode_frame(cs, "run"), "run")
+    assert again.sample.response_token_ids == SAMPLE.response_token_ids and again.input_ids == cs.input_ids
 
 
 @given(st.lists(st.integers(-(2**31), 2**31 - 1), max_size=300))
