@@ -7,7 +7,10 @@ samples outstanding, and both retry with exponential backoff (plus jitter) on UN
 DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED, never on INVALID_ARGUMENT. On the stream, a dropped
 connection or `timeout_s` without any answer resends what was in flight on a new stream; an item
 that fails for good becomes a `Result` with `error` set, and only a service that stays down
-through every retry ends the iteration with `CritiqueError`.
+through every retry ends the iteration with `CritiqueError`. An exception raised by the caller's
+sample source ends the iteration with that same exception (after the answers that came before
+it), so a broken input never leaves the caller waiting; a sample that cannot even be encoded
+becomes a `Result` with an INVALID_ARGUMENT error.
 Left out: hedged requests, client-side load balancing over several services.
 """
 
@@ -199,10 +202,14 @@ class _StreamRun:
             self.ready.put_nowait(None)  # tells the sender to half-close the stream
 
     async def _feed(self) -> None:
-        async for sample in self.source:
-            await self.window.acquire()
-            self.unfinished += 1
-            self.ready.put_nowait((sample, 0))
+        try:
+            async for sample in self.source:
+                await self.window.acquire()
+                self.unfinished += 1
+                self.ready.put_nowait((sample, 0))
+        except Exception as e:  # the caller's source broke: the caller must hear of it
+            self.out.put_nowait(e)
+            return
         self.source_done = True
         self._maybe_close()
 
@@ -265,7 +272,11 @@ class _StreamRun:
                     self._finish(Result(sample, error=CritiqueError("INVALID_ARGUMENT",
                                                                     "duplicate sample_id in flight")))
                     continue
-                request = codec.critique_request(sample)
+                try:
+                    request = codec.critique_request(sample)
+                except (TypeError, ValueError) as e:  # e.g. a field that is not a string
+                    self._finish(Result(sample, error=CritiqueError("INVALID_ARGUMENT", f"unencodable sample: {e}")))
+                    continue
                 if request.ByteSize() > self.c.max_message_bytes:  # would break the whole stream
                     self._finish(Result(sample, error=CritiqueError(
                         "INVALID_ARGUMENT", f"request of {request.ByteSize()} bytes exceeds the message limit")))
