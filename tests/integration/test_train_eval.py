@@ -83,7 +83,10 @@ class _FakeEngine:
     def __init__(self, positive_prefix: list[int], answers: dict[tuple, str]):
         self.prefix, self.answers, self.calls = positive_prefix, answers, 0
 
-    def generate(self, prompts, n, max_new_tokens, temperature, seed=None):
+    def fits(self, ids):
+        return len(ids) < 400
+
+    def generate(self, prompts, n, max_new_tokens, temperature):
         self.calls += 1
         out = []
         for ids in prompts:
