@@ -15,8 +15,8 @@ import sys
 
 import pytest
 
-from tests.integration.test_annotate import ENV, annotate_cmd, start_reward
 from tests.conftest import free_port
+from tests.integration.test_annotate import ENV, annotate_cmd, start_reward
 
 pytestmark = pytest.mark.slow
 
@@ -86,8 +86,9 @@ def test_ixt_eval_samples_at_temperature_on_a_large_set(tmp_path):
     env = {k: v for k, v in ENV.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
                                                       "MASTER_PORT")}
     done = subprocess.run([sys.executable, "-m", "ixt_stream.cli", "eval", "model=tiny", "profile=smoke",
-                           "eval.temperature=0.7", "task.eval_size=128", "eval.max_new_tokens=8", "eval.conditions=[positive]",
-                           "generator.dtype=float32", f"eval.output={report}", f"run.run_dir={tmp_path}"],
+                           "eval.temperature=0.7", "task.eval_size=128", "eval.max_new_tokens=8",
+                           "eval.conditions=[positive]", "generator.dtype=float32", f"eval.output={report}",
+                           f"run.run_dir={tmp_path}"],
                           capture_output=True, text=True, env=env, timeout=360)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads(report.read_text())["metrics"]
