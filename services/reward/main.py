@@ -37,6 +37,11 @@ def build_backend(cfg: IxtConfig):
     r, llm = cfg.reward, cfg.reward.llm
     if r.backend == "null":
         return NullBackend()
+    if r.backend == "verifier" and r.judge_workers:
+        from ixt_stream.critique.isolate import IsolatedBackend
+
+        return IsolatedBackend("ixt_stream.critique.verifier:VerifierBackend", {"warm_tasks": list(cfg.task.names)},
+                               workers=r.judge_workers, timeout_s=r.judge_timeout_s)
     if r.backend == "verifier":
         return VerifierBackend(warm_tasks=cfg.task.names)
     if r.backend == "openai":
