@@ -205,7 +205,9 @@ class LearnerConfig:
     epochs: int = 1
     """Passes over the annotated data in `ixt train` (the online loop has no epochs)."""
     fresh_on_corrupt_checkpoint: bool = False
-    """With no intact checkpoint to resume from, start from the initial weights instead of refusing."""
+    """A restarted online learner whose run trained but holds no intact checkpoint (corrupt, or never
+    saved: save_every=0) refuses to start; true = start from the initial weights instead (the samples
+    trained before are ledgered dropped, rolled_back; weight versions continue, never go back)."""
     num_gpus: int = 1
     """Learner ranks, one GPU each; > 1 = `ixt up` starts the learner under the deepspeed launcher."""
     master_port: int = 29500

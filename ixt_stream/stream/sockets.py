@@ -29,7 +29,7 @@ from prometheus_client import Counter as PromCounter
 
 from ixt_stream.config import StreamConfig
 from ixt_stream.types import ConditionedSample, Sample, WeightAck, WeightVersion
-from ixt_stream.wire.codec import Body, Reject, decode_frame, encode_frame
+from ixt_stream.wire.codec import Body, FrameLimits, Reject, decode_frame, encode_frame
 
 log = logging.getLogger(__name__)
 
@@ -161,19 +161,25 @@ class Sender:
 
 
 class Receiver:
-    """Decodes frames for one link; skips (and counts) anything that is not a valid body."""
+    """Decodes frames for one link; skips (and counts) anything that is not a valid body.
 
-    def __init__(self, sock: zmq.Socket, link: str, run_id: str):
-        self.sock, self.link, self.run_id = sock, link, run_id
+    `limits` adds the receiving end's bounds (vocabulary, length) to the checks. Rejected frames
+    that named a sample are kept in `rejected` as (sample_id, reason) for the owner to ledger."""
+
+    def __init__(self, sock: zmq.Socket, link: str, run_id: str, limits: FrameLimits | None = None):
+        self.sock, self.link, self.run_id, self.limits = sock, link, run_id, limits
         self.expect = LINKS[link].body
         self.rejects: Counter[str] = Counter()
+        self.rejected: list[tuple[str, str]] = []
         self.received = 0
         self._async: zmq.asyncio.Socket | None = None
 
     def _accept(self, frame: bytes) -> Body | None:
-        body = decode_frame(frame, self.run_id, self.expect)
+        body = decode_frame(frame, self.run_id, self.expect, self.limits)
         if isinstance(body, Reject):
             self.rejects[body.reason] += 1
+            if body.sample_id:
+                self.rejected.append((body.sample_id, body.reason))
             FRAMES_REJECTED.labels(self.link, body.reason).inc()
             n = self.rejects[body.reason]
             if n & (n - 1) == 0:  # 1st, 2nd, 4th, 8th ...: a flood of garbage cannot flood the log
@@ -218,5 +224,6 @@ def sender(cfg: StreamConfig, link: str, run_id: str, ctx: zmq.Context | None = 
     return Sender(open_socket(cfg, link, "send", ctx), link, run_id)
 
 
-def receiver(cfg: StreamConfig, link: str, run_id: str, ctx: zmq.Context | None = None) -> Receiver:
-    return Receiver(open_socket(cfg, link, "recv", ctx), link, run_id)
+def receiver(cfg: StreamConfig, link: str, run_id: str, ctx: zmq.Context | None = None,
+             limits: FrameLimits | None = None) -> Receiver:
+    return Receiver(open_socket(cfg, link, "recv", ctx), link, run_id, limits)
