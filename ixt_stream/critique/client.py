@@ -21,13 +21,12 @@ import logging
 import random
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ixt_stream.config import RewardClientConfig
-from ixt_stream.critique.security import call_metadata, read_secret
+from ixt_stream.critique.security import call_metadata, read_file, read_secret
 from ixt_stream.types import Critique, ModelCard, Sample
 from ixt_stream.wire import codec
 from ixt_stream.wire.ixt.v1 import ixt_pb2 as pb
@@ -109,8 +108,8 @@ class RewardClient:
     @classmethod
     def from_config(cls, cfg: RewardClientConfig) -> RewardClient:
         return cls(cfg.address, max_in_flight=cfg.max_in_flight, timeout_s=cfg.timeout_s, retries=cfg.retries,
-                   backoff_s=cfg.backoff_s, auth_token=read_secret(cfg.auth_token_file),
-                   tls_ca=Path(cfg.tls_ca_file).read_bytes() if cfg.tls_ca_file else None)
+                   backoff_s=cfg.backoff_s, auth_token=read_secret(cfg.auth_token_file, "client.auth_token_file"),
+                   tls_ca=read_file(cfg.tls_ca_file, "client.tls_ca_file") if cfg.tls_ca_file else None)
 
     async def __aenter__(self) -> RewardClient:
         return self

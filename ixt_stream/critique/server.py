@@ -26,7 +26,6 @@ import math
 import signal
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -34,9 +33,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Gauge, Histogram
 
-from ixt_stream.config import RewardConfig
+from ixt_stream.config import ConfigError, RewardConfig
 from ixt_stream.critique.backend import Backend, BackendUnavailable, InvalidRequest
-from ixt_stream.critique.security import BearerAuth, check_exposure, read_secret, server_credentials
+from ixt_stream.critique.security import BearerAuth, check_exposure, read_file, read_secret, server_credentials
 from ixt_stream.types import Sample
 from ixt_stream.wire import codec
 from ixt_stream.wire.ixt.v1 import ixt_pb2 as pb
@@ -361,11 +360,15 @@ async def serve(backend: Backend, cfg: RewardConfig, status: Callable[[dict], No
         server = RewardServer(
             backend, cfg.host, cfg.port, max_message_bytes=cfg.max_message_bytes,
             max_response_bytes=cfg.max_response_bytes, max_concurrent_requests=cfg.max_concurrent_requests,
-            auth_token=read_secret(cfg.auth_token_file), grace_s=cfg.grace_s,
-            tls_cert=Path(cfg.tls_cert_file).read_bytes() if cfg.tls_cert_file else None,
-            tls_key=Path(cfg.tls_key_file).read_bytes() if cfg.tls_key_file else None,
+            auth_token=read_secret(cfg.auth_token_file, "reward.auth_token_file"), grace_s=cfg.grace_s,
+            tls_cert=read_file(cfg.tls_cert_file, "reward.tls_cert_file") if cfg.tls_cert_file else None,
+            tls_key=read_file(cfg.tls_key_file, "reward.tls_key_file") if cfg.tls_key_file else None,
         )
-        await server.start()
+        try:
+            await server.start()
+        except RuntimeError as e:  # grpc: "Failed to bind to address ..."
+            raise ConfigError(f"reward.host/reward.port: cannot serve on {cfg.host}:{cfg.port} (in use, or not "
+                              f"an address of this machine): {e}") from None
         if status is not None:
             reporter = _Reporter(server.servicer, status, status_every_s)
             task = asyncio.create_task(reporter.run())

@@ -27,7 +27,7 @@ import zmq
 import zmq.asyncio
 from prometheus_client import Counter as PromCounter
 
-from ixt_stream.config import StreamConfig
+from ixt_stream.config import ConfigError, StreamConfig
 from ixt_stream.types import ConditionedSample, Sample, WeightAck, WeightVersion
 from ixt_stream.wire.codec import Body, FrameLimits, Reject, decode_frame, encode_frame
 
@@ -105,12 +105,13 @@ def _is_loopback(host: str) -> bool:
 def open_socket(cfg: StreamConfig, link: str, side: str, ctx: zmq.Context | None = None) -> zmq.Socket:
     """A configured socket for one end (`side` = "send" | "recv") of `link`, bound or connected.
 
-    Raises ValueError for a non-loopback host without CURVE: frames would cross the network in
-    the clear and anyone could inject samples or weight announcements.
+    Raises ConfigError (a ValueError) for a non-loopback host without CURVE: frames would cross the network in
+    the clear and anyone could inject samples or weight announcements; ConfigError naming the
+    port setting when the address cannot be bound (in use).
     """
     spec = LINKS[link]
     if not cfg.curve_keys_dir and not _is_loopback(cfg.host):
-        raise ValueError(
+        raise ConfigError(
             f"stream.host={cfg.host!r} is not a loopback address; set stream.curve_keys_dir "
             f"(see sockets.create_curve_keys) to encrypt and authenticate the ZeroMQ links"
         )
@@ -126,7 +127,12 @@ def open_socket(cfg: StreamConfig, link: str, side: str, ctx: zmq.Context | None
     if spec.recv_type == zmq.SUB and side == "recv":
         sock.setsockopt(zmq.SUBSCRIBE, b"")
     address = f"tcp://{cfg.host}:{getattr(cfg, spec.port_field)}"
-    (sock.bind if binds else sock.connect)(address)
+    try:
+        (sock.bind if binds else sock.connect)(address)
+    except zmq.ZMQError as e:
+        sock.close(linger=0)
+        raise ConfigError(f"stream.{spec.port_field}: cannot {'bind' if binds else 'connect to'} {address} "
+                          f"({e})") from None
     return sock
 
 

@@ -74,7 +74,8 @@ def run(cfg: IxtConfig) -> int:
     from ixt_stream.critique.server import serve
     from ixt_stream.online.supervisor import write_status
 
-    check_exposure(cfg.reward.host, read_secret(cfg.reward.auth_token_file))  # fail before loading a model
+    # fail before a model loads
+    check_exposure(cfg.reward.host, read_secret(cfg.reward.auth_token_file, "reward.auth_token_file"))
     if cfg.run.metrics_port:
         prometheus_client.start_http_server(cfg.run.metrics_port, addr="127.0.0.1")
     log.info("building the %s critic", cfg.reward.backend)
