@@ -36,7 +36,7 @@ from pathlib import Path
 import zmq
 
 from ixt_stream import models
-from ixt_stream.config import ConfigError, IxtConfig
+from ixt_stream.config import ConfigError, IxtConfig, LearnerConfig
 from ixt_stream.ledger import Ledger
 from ixt_stream.metrics import MetricsSink
 from ixt_stream.online.supervisor import write_status
@@ -76,14 +76,17 @@ class Prefetcher(threading.Thread):
 
     def _run(self) -> None:
         run_id = self.cfg.run.run_id
-        ledger = Ledger(Path(self.cfg.run.run_dir) / "ledger.sqlite")  # its own connection: its own thread
-        conditioned = sockets.receiver(self.cfg.stream, "conditioned", run_id, limits=self.limits)
-        acks = sockets.receiver(self.cfg.stream, "acks", run_id)
-        poller = zmq.Poller()
-        poller.register(conditioned.sock, zmq.POLLIN)
-        poller.register(acks.sock, zmq.POLLIN)
-        self.ready.set()
+        opened = [Ledger(Path(self.cfg.run.run_dir) / "ledger.sqlite")]  # its own connection: its own thread
         try:
+            ledger = opened[0]
+            conditioned = sockets.receiver(self.cfg.stream, "conditioned", run_id, limits=self.limits)
+            opened.append(conditioned)
+            acks = sockets.receiver(self.cfg.stream, "acks", run_id)
+            opened.append(acks)
+            poller = zmq.Poller()
+            poller.register(conditioned.sock, zmq.POLLIN)
+            poller.register(acks.sock, zmq.POLLIN)
+            self.ready.set()
             while not self.stop.is_set():
                 ready = dict(poller.poll(200))
                 if acks.sock in ready:
@@ -104,16 +107,15 @@ class Prefetcher(threading.Thread):
                     conditioned.rejected.clear()
                 self.rejects = conditioned.rejects + acks.rejects
         finally:
-            conditioned.close()
-            acks.close()
-            ledger.close()
+            for closable in reversed(opened):
+                closable.close()
 
     def _ack(self, ack: WeightAck) -> None:
         self.generator_versions[ack.generator_id] = ack.version
         self.apply_seconds[ack.generator_id] = ack.apply_seconds
 
 
-def resume(learner, ledger: Ledger, run_dir: Path, lc) -> int:
+def resume(learner, ledger: Ledger, run_dir: Path, lc: LearnerConfig) -> int:
     """Where a (re)started learner stands; returns the weight version to continue from.
 
     A run that already trained resumes from its newest intact checkpoint; training events after it
