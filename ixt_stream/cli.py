@@ -2,6 +2,8 @@
 
 Every command takes Hydra-style overrides (`key=value`, `group=option`) after its own positional
 arguments, e.g. `ixt train model=tiny learner.zero_stage=2` or `ixt serve reward reward.port=6000`.
+A ConfigError from any command (a bad value, a port in use, an unreadable token file) is printed
+as one line naming the setting, with exit code 2.
 """
 
 from __future__ import annotations
@@ -35,9 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help") or argv[0] not in COMMANDS:
         sys.stderr.write(usage())
         return 0 if argv and argv[0] in ("-h", "--help", "help") else 2
+    from ixt_stream.config import ConfigError
+
     module_name, _, func = COMMANDS[argv[0]][0].partition(":")
     entry = getattr(importlib.import_module(module_name), func or "main")
-    return int(entry(argv[1:]) or 0)
+    try:
+        return int(entry(argv[1:]) or 0)
+    except ConfigError as e:  # a setting that cannot work: one line naming it, no traceback
+        sys.stderr.write(f"ixt {argv[0]}: config error: {e}\n")
+        return 2
 
 
 if __name__ == "__main__":

@@ -27,6 +27,10 @@ class RunConfig:
     """Also write metrics as TensorBoard scalars under `run_dir/tb/<role>`."""
     stop_grace_s: float = 15.0
     """`ixt down`: seconds between SIGTERM and SIGKILL."""
+    bad_input: str = "skip"
+    """skip | fail. A bad row of an input file (`annotate.input`, `train.data`: not JSON, not UTF-8,
+    a field of the wrong type) or a prompt / sample too long for `condition.max_seq_len`: skip it,
+    log it as `file:line: reason`, count it and exit 1 at the end (skip), or stop at the first (fail)."""
     roles: list[str] = field(default_factory=lambda: ["reward", "learner", "orchestrator", "generator"])
     """`ixt up`: the roles started on this node; a two-node layout starts some on each node."""
     gpus: dict[str, list[int]] = field(default_factory=dict)
@@ -131,6 +135,12 @@ class RewardConfig:
     """TLS is on when both files are set (PEM)."""
     grace_s: float = 5.0
     """On shutdown, in-flight calls get this long to finish."""
+    judge_workers: int = 1
+    """verifier backend: worker processes that judge off the event loop (critique/isolate.py), so a
+    costly request never stalls other calls or the health check; 0 = judge on the event loop."""
+    judge_timeout_s: float = 30.0
+    """verifier backend with judge_workers > 0: a critique taking longer is stopped (its worker is
+    killed and replaced) and answered INVALID_ARGUMENT."""
     llm: LLMCriticConfig = field(default_factory=LLMCriticConfig)
 
 
@@ -194,7 +204,9 @@ class LearnerConfig:
     epochs: int = 1
     """Passes over the annotated data in `ixt train` (the online loop has no epochs)."""
     fresh_on_corrupt_checkpoint: bool = False
-    """With no intact checkpoint to resume from, start from the initial weights instead of refusing."""
+    """A restarted online learner whose run trained but holds no intact checkpoint (corrupt, or never
+    saved: save_every=0) refuses to start; true = start from the initial weights instead (the samples
+    trained before are ledgered dropped, rolled_back; weight versions continue, never go back)."""
     num_gpus: int = 1
     """Learner ranks, one GPU each; > 1 = `ixt up` starts the learner under the deepspeed launcher."""
     master_port: int = 29500
@@ -424,6 +436,7 @@ def validate(cfg: IxtConfig) -> IxtConfig:
 
     check(cfg.reward.backend in REWARD_BACKENDS, "reward.backend",
           f"unknown backend {cfg.reward.backend!r}; choose one of {', '.join(REWARD_BACKENDS)}")
+    check(cfg.run.bad_input in ("skip", "fail"), "run.bad_input", "must be skip or fail")
     check(cfg.condition.mode in CONDITION_MODES, "condition.mode",
           f"unknown mode {cfg.condition.mode!r}; choose one of {', '.join(CONDITION_MODES)}")
     check(cfg.condition.leak_policy in ("train", "redact", "drop"), "condition.leak_policy",
@@ -444,6 +457,8 @@ def validate(cfg: IxtConfig) -> IxtConfig:
     check(0 <= cfg.generator.index < cfg.generator.num_generators, "generator.index",
           f"must be in [0, generator.num_generators={cfg.generator.num_generators})")
     check(1 <= cfg.reward.port <= 65535, "reward.port", "must be a TCP port")
+    check(cfg.reward.judge_workers >= 0, "reward.judge_workers", "must be >= 0")
+    check(cfg.reward.judge_timeout_s > 0, "reward.judge_timeout_s", "must be > 0")
     check(":" in cfg.client.address, "client.address", "must be host:port")
     return cfg
 

@@ -95,6 +95,10 @@ class Ledger:
             found.update(r[0] for r in self.db.execute(q, chunk))
         return found
 
+    def last_trained_step(self) -> int:
+        """The highest step any sample was trained at (0 = nothing trained yet)."""
+        return self.db.execute("SELECT COALESCE(MAX(step), 0) FROM trainings").fetchone()[0]
+
     def untrain_after(self, step: int, drop_reason: str = "") -> int:
         """Forget training events after `step` (a learner resumed from an older checkpoint): those
         samples are no longer in the model. They return to 'critiqued', or, with `drop_reason`, are

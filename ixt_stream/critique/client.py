@@ -7,7 +7,10 @@ samples outstanding, and both retry with exponential backoff (plus jitter) on UN
 DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED, never on INVALID_ARGUMENT. On the stream, a dropped
 connection or `timeout_s` without any answer resends what was in flight on a new stream; an item
 that fails for good becomes a `Result` with `error` set, and only a service that stays down
-through every retry ends the iteration with `CritiqueError`.
+through every retry ends the iteration with `CritiqueError`. An exception raised by the caller's
+sample source ends the iteration with that same exception (after the answers that came before
+it), so a broken input never leaves the caller waiting; a sample that cannot even be encoded
+becomes a `Result` with an INVALID_ARGUMENT error.
 Left out: hedged requests, client-side load balancing over several services.
 """
 
@@ -18,13 +21,12 @@ import logging
 import random
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ixt_stream.config import RewardClientConfig
-from ixt_stream.critique.security import call_metadata, read_secret
+from ixt_stream.critique.security import call_metadata, read_file, read_secret
 from ixt_stream.types import Critique, ModelCard, Sample
 from ixt_stream.wire import codec
 from ixt_stream.wire.ixt.v1 import ixt_pb2 as pb
@@ -106,8 +108,8 @@ class RewardClient:
     @classmethod
     def from_config(cls, cfg: RewardClientConfig) -> RewardClient:
         return cls(cfg.address, max_in_flight=cfg.max_in_flight, timeout_s=cfg.timeout_s, retries=cfg.retries,
-                   backoff_s=cfg.backoff_s, auth_token=read_secret(cfg.auth_token_file),
-                   tls_ca=Path(cfg.tls_ca_file).read_bytes() if cfg.tls_ca_file else None)
+                   backoff_s=cfg.backoff_s, auth_token=read_secret(cfg.auth_token_file, "client.auth_token_file"),
+                   tls_ca=read_file(cfg.tls_ca_file, "client.tls_ca_file") if cfg.tls_ca_file else None)
 
     async def __aenter__(self) -> RewardClient:
         return self
@@ -199,10 +201,14 @@ class _StreamRun:
             self.ready.put_nowait(None)  # tells the sender to half-close the stream
 
     async def _feed(self) -> None:
-        async for sample in self.source:
-            await self.window.acquire()
-            self.unfinished += 1
-            self.ready.put_nowait((sample, 0))
+        try:
+            async for sample in self.source:
+                await self.window.acquire()
+                self.unfinished += 1
+                self.ready.put_nowait((sample, 0))
+        except Exception as e:  # the caller's source broke: the caller must hear of it
+            self.out.put_nowait(e)
+            return
         self.source_done = True
         self._maybe_close()
 
@@ -265,7 +271,11 @@ class _StreamRun:
                     self._finish(Result(sample, error=CritiqueError("INVALID_ARGUMENT",
                                                                     "duplicate sample_id in flight")))
                     continue
-                request = codec.critique_request(sample)
+                try:
+                    request = codec.critique_request(sample)
+                except (TypeError, ValueError) as e:  # e.g. a field that is not a string
+                    self._finish(Result(sample, error=CritiqueError("INVALID_ARGUMENT", f"unencodable sample: {e}")))
+                    continue
                 if request.ByteSize() > self.c.max_message_bytes:  # would break the whole stream
                     self._finish(Result(sample, error=CritiqueError(
                         "INVALID_ARGUMENT", f"request of {request.ByteSize()} bytes exceeds the message limit")))

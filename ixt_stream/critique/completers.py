@@ -4,8 +4,10 @@
   the engine is built, fed and read on one worker thread, so the event loop never blocks on it.
   Prompts longer than the context keep their head and tail (the chat header and the answer).
 - `OpenAICompleter`: any OpenAI-compatible server (vLLM, SGLang, a hosted API) over async httpx;
-  the server batches. Connection errors, 429 and 5xx are `BackendUnavailable` (clients retry);
-  a 400 (e.g. prompt too long) is `InvalidRequest`.
+  the server batches. Connection errors, timeouts, 429 and 5xx, an error object or a body that is
+  not JSON, no choices, or a reply with no text (`content: null`) are `BackendUnavailable`
+  (clients retry with backoff), each naming the endpoint, its status and its own message; a 400
+  (e.g. prompt too long) is `InvalidRequest`; other statuses (401, 404) fail without a retry.
 - `SGLangCompleter`: an in-process `sglang.Engine` (GPU nodes only; it batches internally).
 """
 
@@ -96,31 +98,74 @@ class OpenAICompleter:
         )
 
     async def _request(self, method: str, path: str, body: dict | None = None) -> dict:
+        """The endpoint's JSON object; every failure names the endpoint, its status and its message."""
         import httpx
 
+        where = f"critic endpoint {self.base_url}{path}"
         try:
             r = await self._http.request(method, path, json=body)
-        except httpx.TransportError as e:
-            raise BackendUnavailable(f"critic endpoint {self.base_url}{path}: {type(e).__name__}: {e}") from e
+        except httpx.TransportError as e:  # connection refused, reset, timeouts
+            raise BackendUnavailable(f"{where}: {type(e).__name__}: {e}") from e
         if r.status_code == 429 or r.status_code >= 500:
-            raise BackendUnavailable(f"critic endpoint answered {r.status_code}: {r.text[:300]}")
+            raise BackendUnavailable(f"{where} answered {r.status_code}: {_upstream_message(r)}")
         if r.status_code == 400:
-            raise InvalidRequest(f"critic endpoint refused the request: {r.text[:300]}")
-        r.raise_for_status()
-        return r.json()
+            raise InvalidRequest(f"{where} refused the request: {_upstream_message(r)}")
+        if not r.is_success:  # 401, 403, 404, ...: a setup problem, retrying does not help
+            raise RuntimeError(f"{where} answered {r.status_code}: {_upstream_message(r)}")
+        try:
+            data = r.json()
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise BackendUnavailable(f"{where} answered {r.status_code} with a body that is not a JSON object "
+                                     f"({r.headers.get('content-type', 'no content type')}): {r.text[:200]!r}")
+        if "error" in data:
+            raise BackendUnavailable(f"{where} answered {r.status_code} with an error: {_upstream_message(r)}")
+        return data
 
     async def complete(self, messages: Messages) -> str:
+        """The reply text. BackendUnavailable (retried) when the body has no choice or no text."""
         if not self.model_id:
-            self.model_id = (await self._request("GET", "models"))["data"][0]["id"]
+            models = await self._request("GET", "models")
+            try:
+                self.model_id = models["data"][0]["id"]
+            except (KeyError, IndexError, TypeError):
+                raise BackendUnavailable(f"critic endpoint {self.base_url}models lists no model: "
+                                         f"{str(models)[:200]}") from None
         if self.api == "chat":
             body = {"model": self.model_id, "messages": messages, **self.params}
-            choice = (await self._request("POST", "chat/completions", body))["choices"][0]
-            return choice["message"]["content"] or ""
-        body = {"model": self.model_id, "prompt": render_plain(messages), **self.params}
-        return (await self._request("POST", "completions", body))["choices"][0]["text"]
+            path, key = "chat/completions", "message"
+        else:
+            body = {"model": self.model_id, "prompt": render_plain(messages), **self.params}
+            path, key = "completions", "text"
+        data = await self._request("POST", path, body)
+        choices = data.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise BackendUnavailable(f"critic endpoint {self.base_url}{path} answered without choices: "
+                                     f"{str(data)[:200]}")
+        reply = choices[0].get(key)
+        text = reply.get("content") if isinstance(reply, dict) else reply
+        if not isinstance(text, str) or not text.strip():
+            extra = " (only reasoning_content)" if isinstance(reply, dict) and reply.get("reasoning_content") else ""
+            raise BackendUnavailable(f"critic endpoint {self.base_url}{path} gave no text{extra}, finish_reason "
+                                     f"{choices[0].get('finish_reason')!r}: no feedback")
+        return text
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+def _upstream_message(r) -> str:
+    """The upstream's own error message (OpenAI `{"error": {"message"}}` or plain text), shortened."""
+    try:
+        error = r.json().get("error")
+    except (ValueError, AttributeError):
+        error = None
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])[:300]
+    if isinstance(error, str):
+        return error[:300]
+    return r.text[:300]
 
 
 SGLANG_MISSING = (

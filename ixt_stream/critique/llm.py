@@ -6,7 +6,9 @@ is asked to think inside <think></think>, then write `Critique:`, `Score:` and `
 parser tolerates what small models do to that format: missing or garbled fields, scores out of
 range or written as "7/10", a label that contradicts the score. Whatever is missing falls back to
 something consistent (label from score, score from label, else MIXED / 0.5) and `thinking` records
-that the fallback happened.
+that the fallback happened. A reply with no usable critique at all (empty, only an unclosed
+<think>, the prompt copied back) is not feedback: the item fails with `BackendUnavailable`
+(retried, then counted as failed and kept out of training), never a made-up MIXED 0.5.
 
 `hybrid` is this backend with a verifier: the verdict (score, label) is exact, and the model is
 told it and asked only to explain it; if its text has no usable critique, the verifier's is kept.
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ixt_stream.condition import leak
+from ixt_stream.critique.backend import BackendUnavailable
 from ixt_stream.critique.verifier import Verdict, VerifierBackend
 from ixt_stream.types import Critique, Label, ModelCard, Sample
 
@@ -147,6 +150,17 @@ def _echoes(critique: str, messages: Messages, probe_chars: int = 48) -> bool:
     return len(probe) >= 16 and any(probe in " ".join(m["content"].split()) for m in messages)
 
 
+def _no_feedback_reason(text: str, echoed: bool) -> str:
+    lower = text.lower()
+    if echoed:
+        return "it copied the prompt back"
+    if not text.strip():
+        return "its reply was empty"
+    if "<think>" in lower and "</think>" not in lower:
+        return "its <think> was never closed"
+    return "no critique outside its thinking"
+
+
 class Completer(Protocol):
     """Turns one chat into the model's reply; batches concurrent calls itself if it can."""
 
@@ -186,8 +200,11 @@ class LLMBackend:
         text = await self.completer.complete(messages)
         p = parse(text, self.max_critique_chars)
         critique = leak.redact(p.critique, sample)  # the answer must never sit in a training prefix
-        if _echoes(critique, messages):  # small models copy the instructions or the sample back
+        echoed = _echoes(critique, messages)  # small models copy the instructions or the sample back
+        if echoed:
             critique, p.complete = NO_FEEDBACK, False
+        if critique == NO_FEEDBACK and verdict is None:  # nothing to train on: a failed, retryable item
+            raise BackendUnavailable(f"the critic gave no usable feedback ({_no_feedback_reason(text, echoed)})")
         score, label, thinking = p.score, p.label, p.thinking
         if verdict is not None:
             score, label = verdict.score, verdict.label

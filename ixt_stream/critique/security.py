@@ -14,21 +14,33 @@ from pathlib import Path
 
 import grpc
 
+from ixt_stream.config import ConfigError
+
 OPEN_METHOD_PREFIX = "/grpc.health.v1.Health/"
 
 
-class ExposureError(ValueError):
-    """A non-loopback bind without authentication."""
+class ExposureError(ConfigError):
+    """A non-loopback bind without authentication (a ConfigError: `ixt` prints it as one line)."""
 
 
-def read_secret(path: str) -> str:
-    """The stripped contents of a secret file; "" when no file is configured."""
+def read_secret(path: str, setting: str = "") -> str:
+    """The stripped contents of a secret file; "" when no file is configured.
+
+    Raises ConfigError naming `setting` when the file cannot be read or is empty."""
     if not path:
         return ""
-    token = Path(path).expanduser().read_text().strip()
+    token = read_file(path, setting).decode(errors="replace").strip()
     if not token:
-        raise ValueError(f"{path} is empty: an empty token would let anyone in")
+        raise ConfigError(f"{setting or path}: {path} is empty: an empty token would let anyone in")
     return token
+
+
+def read_file(path: str, setting: str = "") -> bytes:
+    """A key, certificate or token file's bytes; ConfigError naming `setting` when it cannot be read."""
+    try:
+        return Path(path).expanduser().read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{setting or path}: cannot read {path} ({e.strerror or e})") from None
 
 
 def is_loopback(host: str) -> bool:

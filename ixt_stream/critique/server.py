@@ -6,10 +6,14 @@ request message (bad wire format, invalid UTF-8 in a string) included: grpc itse
 UNKNOWN for those and end the whole stream; more than `max_concurrent_requests`
 items in flight get RESOURCE_EXHAUSTED instead of an unbounded queue, and a stream whose caller
 stops reading answers is not read further (flow control pushes back); a unary call stops at its
-deadline; nothing a caller sends can crash the server (backend failures become INTERNAL, transient
-ones UNAVAILABLE). Health (`grpc.health.v1`) says SERVING once the server runs, which is after the
-backend was built; server reflection is on (grpcurl can list and call it). Optional bearer-token
-auth and TLS live in `security.py`.
+deadline, and a call that ends (deadline, cancellation, a closed stream) cancels its judging;
+nothing a caller sends can crash the server or go unanswered (backend failures and bugs become
+INTERNAL, transient ones UNAVAILABLE; JSON in metadata['entry'] nested deeper than
+`MAX_JSON_DEPTH` is INVALID_ARGUMENT). CPU-bound critics judge in worker processes
+(`isolate.py`), so one costly request cannot stall the event loop or the health check. Health
+(`grpc.health.v1`) says SERVING once the server runs, which is after the backend was built;
+server reflection is on (grpcurl can list and call it). Optional bearer-token auth and TLS live in
+`security.py`.
 Left out: per-caller quotas, request priorities, a queue in front of the backend.
 """
 
@@ -22,7 +26,6 @@ import math
 import signal
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -30,9 +33,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Gauge, Histogram
 
-from ixt_stream.config import RewardConfig
+from ixt_stream.config import ConfigError, RewardConfig
 from ixt_stream.critique.backend import Backend, BackendUnavailable, InvalidRequest
-from ixt_stream.critique.security import BearerAuth, check_exposure, read_secret, server_credentials
+from ixt_stream.critique.security import BearerAuth, check_exposure, read_file, read_secret, server_credentials
 from ixt_stream.types import Sample
 from ixt_stream.wire import codec
 from ixt_stream.wire.ixt.v1 import ixt_pb2 as pb
@@ -42,6 +45,9 @@ log = logging.getLogger(__name__)
 
 SERVICE = pb.DESCRIPTOR.services_by_name["RewardModel"].full_name
 MAX_SAMPLE_ID_BYTES = 256
+MAX_JSON_DEPTH = 64
+"""Deepest nesting accepted in metadata['entry'] (reasoning-gym entries nest a few levels); deeper
+JSON would exhaust Python's recursion limit in json.loads and in scorers that walk it."""
 ANSWERED = Counter("ixt_reward_answered", "Critique items answered, by rpc and status code", ["rpc", "code"])
 LATENCY = Histogram("ixt_reward_latency_seconds", "Backend time per critique item",
                     buckets=(0.001, 0.005, 0.02, 0.1, 0.5, 2, 10, 60))
@@ -93,6 +99,28 @@ def _method_handlers(servicer: RewardServicer) -> dict[str, grpc.RpcMethodHandle
     }
 
 
+def json_depth(text: str) -> int:
+    """The deepest nesting of arrays and objects in JSON text, by one linear scan (no parsing)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
 def to_sample(req: pb.CritiqueRequest | Undecodable, max_field_bytes: int) -> Sample:
     """Validate a request and turn it into a Sample; raises Fail(INVALID_ARGUMENT) with the reason."""
 
@@ -114,6 +142,9 @@ def to_sample(req: pb.CritiqueRequest | Undecodable, max_field_bytes: int) -> Sa
         if size > max_field_bytes:
             raise bad(f"{req.sample_id}: {name} has {size} bytes, more than the {max_field_bytes} accepted")
     if "entry" in req.metadata:
+        if (depth := json_depth(req.metadata["entry"])) > MAX_JSON_DEPTH:
+            raise bad(f"{req.sample_id}: metadata['entry'] nests {depth} levels deep, more than the "
+                      f"{MAX_JSON_DEPTH} accepted")
         try:
             entry = json.loads(req.metadata["entry"])
         except json.JSONDecodeError as e:
@@ -170,9 +201,20 @@ class RewardServicer(pb_grpc.RewardModelServicer):
         critique.model_id = critique.model_id or self.card.model_id or self.card.backend
         return codec.critique_to_pb(critique)
 
-    async def Critique(self, request, context):
+    async def _answer(self, req) -> pb.CritiqueResponse:
+        """`_judge`, with every failure (a bug included) turned into a Fail: no call goes unanswered."""
         try:
-            resp = await asyncio.wait_for(self._judge(request), context.time_remaining())
+            return await self._judge(req)
+        except Fail:
+            raise
+        except Exception as e:
+            log.exception("unexpected failure on %s", getattr(req, "sample_id", ""))
+            raise Fail(grpc.StatusCode.INTERNAL, f"critique failed: {type(e).__name__}: {e}") from e
+
+    async def Critique(self, request, context):
+        # On the deadline (or a cancelled call) wait_for cancels the judging, which stops its work.
+        try:
+            resp = await asyncio.wait_for(self._answer(request), context.time_remaining())
         except Fail as f:
             self.failed += 1
             ANSWERED.labels("Critique", f.code.name).inc()
@@ -195,7 +237,7 @@ class RewardServicer(pb_grpc.RewardModelServicer):
 
         async def answer(req: pb.CritiqueRequest) -> None:
             try:
-                resp = await self._judge(req)
+                resp = await self._answer(req)
                 ANSWERED.labels("CritiqueStream", "OK").inc()
             except Fail as f:
                 self.failed += 1
@@ -319,11 +361,15 @@ async def serve(backend: Backend, cfg: RewardConfig, status: Callable[[dict], No
         server = RewardServer(
             backend, cfg.host, cfg.port, max_message_bytes=cfg.max_message_bytes,
             max_response_bytes=cfg.max_response_bytes, max_concurrent_requests=cfg.max_concurrent_requests,
-            auth_token=read_secret(cfg.auth_token_file), grace_s=cfg.grace_s,
-            tls_cert=Path(cfg.tls_cert_file).read_bytes() if cfg.tls_cert_file else None,
-            tls_key=Path(cfg.tls_key_file).read_bytes() if cfg.tls_key_file else None,
+            auth_token=read_secret(cfg.auth_token_file, "reward.auth_token_file"), grace_s=cfg.grace_s,
+            tls_cert=read_file(cfg.tls_cert_file, "reward.tls_cert_file") if cfg.tls_cert_file else None,
+            tls_key=read_file(cfg.tls_key_file, "reward.tls_key_file") if cfg.tls_key_file else None,
         )
-        await server.start()
+        try:
+            await server.start()
+        except RuntimeError as e:  # grpc: "Failed to bind to address ..."
+            raise ConfigError(f"reward.host/reward.port: cannot serve on {cfg.host}:{cfg.port} (in use, or not "
+                              f"an address of this machine): {e}") from None
         if status is not None:
             reporter = _Reporter(server.servicer, status, status_every_s)
             task = asyncio.create_task(reporter.run())

@@ -74,7 +74,7 @@ def evaluate_scale(spec: dict) -> int:
             state = torch.load(milestone["path"], map_location="cpu", weights_only=True)
             engine.reload_weights(state_dict=state)
             conditions = list(e.eval_conditions) if final else ["positive"]
-            result = evaluate(engine, conditioner, prompts, conditions, scale.eval_max_new_tokens, 0.0, seed=0)
+            result = evaluate(engine, conditioner, prompts, conditions, scale.eval_max_new_tokens, 0.0)
             metrics = result["metrics"]
             points.append({**{k: milestone[k] for k in ("index", "step", "tokens", "flops")},
                            "accuracy": metrics["eval/positive/accuracy"],

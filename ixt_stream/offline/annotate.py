@@ -10,6 +10,9 @@ Every sample goes through `RewardClient.stream` (bounded in flight, retried); ea
 appended to `annotate.output` as one JSON line (the sample's fields + the critique's) and flushed.
 A rerun resumes: ids already in the output are skipped, and a half-written last line (a kill
 mid-write) is cut off first, so after any crash every id ends up in the file exactly once.
+A bad input line (not JSON or UTF-8, a null or non-string field, an array) or a prompt too long
+for `condition.max_seq_len` is reported as `file:line: reason`, skipped and counted, and the run
+exits 1 at the end with the counts in its summary (`run.bad_input=fail`: stop at the first).
 Left out: sharding over several reward services, dataset formats other than JSONL.
 """
 
@@ -28,6 +31,7 @@ from pathlib import Path
 
 from ixt_stream.condition import leak
 from ixt_stream.config import ConfigError, IxtConfig, load_or_exit
+from ixt_stream.offline.inputs import BadInput, Skips, jsonl_objects
 from ixt_stream.types import Critique, Sample
 
 log = logging.getLogger("ixt.annotate")
@@ -68,26 +72,46 @@ def prepare_output(path: Path) -> set[str]:
 # -- sources ----------------------------------------------------------------------------------
 
 
-def jsonl_samples(path: str, limit: int = 0) -> Iterator[Sample]:
-    """Prompt/response pairs or {"text"} documents from a JSONL file (the first `limit`; 0 = all)."""
+def _field(row: dict, key: str, kinds: tuple[type, ...] = (str,), default: str = "", required: bool = False) -> str:
+    value = row.get(key)
+    if value is None and not required:
+        return default
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise ValueError(f"{key!r} is {json.dumps(value)[:40]}, not a {' or '.join(k.__name__ for k in kinds)}")
+    return str(value)
+
+
+def sample_from_row(row: dict, default_id: str) -> Sample:
+    """One JSONL object as a Sample; ValueError naming the field when a field has the wrong type."""
+    key = "text" if "text" in row else "response"
+    if key not in row:
+        raise ValueError("no 'response' (prompt/response pair) or 'text' (document) field")
+    response = _field(row, key, required=True)
+    if not response.strip():
+        raise ValueError(f"{key!r} is empty")
+    metadata = row.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise ValueError(f"'metadata' is a JSON {type(metadata).__name__}, not an object")
+    ident = (str, int)
+    return Sample(
+        sample_id=_field(row, "id", ident, _field(row, "sample_id", ident, default_id)),
+        prompt=_field(row, "prompt"),
+        response=response,
+        task=_field(row, "task"),
+        reference_answer=_field(row, "answer", (str, int, float), _field(row, "reference_answer")),
+        metadata={k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()},
+    )
+
+
+def jsonl_samples(path: str, skips: Skips, limit: int = 0) -> Iterator[Sample]:
+    """Prompt/response pairs or {"text"} documents from the first `limit` lines (0 = all) of a JSONL
+    file; a bad line is reported as `file:line: reason` and skipped and counted (or raises)."""
     stem = Path(path).stem
-    with open(path) as f:
-        for i, line in enumerate(f):
-            if limit and i >= limit:
-                return
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            metadata = {k: v if isinstance(v, str) else json.dumps(v)
-                        for k, v in row.get("metadata", {}).items()}
-            yield Sample(
-                sample_id=str(row.get("id", row.get("sample_id", f"{stem}-{i}"))),
-                prompt=row.get("prompt", ""),
-                response=row["text"] if "text" in row else row["response"],
-                task=row.get("task", ""),
-                reference_answer=str(row.get("answer", row.get("reference_answer", ""))),
-                metadata=metadata,
-            )
+    for number, row in jsonl_objects(path, skips, limit):
+        try:
+            yield sample_from_row(row, f"{stem}-{number - 1}")
+        except ValueError as e:
+            skips.bad(f"{path}:{number}", "bad_field", str(e))
 
 
 def _prompts(cfg: IxtConfig, num_samples: int) -> list[tuple[object, list[int]]]:
@@ -119,11 +143,14 @@ def synthetic_task_samples(cfg: IxtConfig, num_samples: int) -> Iterator[Sample]
             yield _sample(p, j, text, metadata={"synthetic": kind})
 
 
-async def policy_task_samples(cfg: IxtConfig, num_samples: int, done: set[str]) -> AsyncIterator[Sample]:
+async def policy_task_samples(cfg: IxtConfig, num_samples: int, done: set[str],
+                              skips: Skips) -> AsyncIterator[Sample]:
     """reasoning-gym prompts answered by the policy model on in-process vLLM (k samples each).
 
     Prompts whose samples are all done are not generated again; generation runs on a worker
-    thread so critiques of the previous chunk stream while the next one is sampled.
+    thread so critiques of the previous chunk stream while the next one is sampled. A prompt too
+    long for `condition.max_seq_len` is skipped and counted (`prompt_too_long`); an engine error
+    ends the stream with that error (the command fails, it never waits).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -145,11 +172,19 @@ async def policy_task_samples(cfg: IxtConfig, num_samples: int, done: set[str]) 
             threads=g.threads, seed=cfg.run.seed))
         chunk = max(g.prompts_per_request, 1)
         for start in range(0, len(todo), chunk):
-            batch = todo[start:start + chunk]
-            ids = [cond.inference_ids(p.prompt, "none") for p, _ in batch]
+            batch, ids = [], []
+            for p, js in todo[start:start + chunk]:
+                prompt_ids = cond.inference_ids(p.prompt, "none")
+                if engine.fits(prompt_ids):
+                    batch.append((p, js))
+                    ids.append(prompt_ids)
+                else:
+                    skips.bad(p.prompt_id, "prompt_too_long", f"{len(prompt_ids)} tokens, no room within "
+                              f"condition.max_seq_len={cfg.condition.max_seq_len}; {len(js)} samples not made")
+            if not batch:
+                continue
             outs = await loop.run_in_executor(pool, lambda ids=ids: engine.generate(
-                ids, n=k, max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
-                seed=cfg.run.seed))
+                ids, n=k, max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p))
             for (p, js), completions in zip(batch, outs, strict=True):
                 for j in js:
                     text = completions[j].text
@@ -168,20 +203,26 @@ async def policy_task_samples(cfg: IxtConfig, num_samples: int, done: set[str]) 
 class Stats:
     written: int = 0
     skipped: int = 0
+    """Samples already in the output (a resumed run)."""
     failed: int = 0
     leaks: int = 0
     """Critiques that contain the response's answer or the reference (`condition.leak`)."""
     seconds: float = 0.0
     labels: Counter = field(default_factory=Counter)
+    bad: Skips = field(default_factory=Skips)
+    """Input rows and prompts skipped, by reason."""
 
     @property
     def critiques_per_s(self) -> float:
         return self.written / self.seconds if self.seconds > 0 else 0.0
 
 
-async def annotate(samples, client, output: Path, done: set[str]) -> Stats:
-    """Critique `samples` (sync or async iterable) not in `done`; append one line per critique."""
-    stats = Stats()
+async def annotate(samples, client, output: Path, done: set[str], skips: Skips | None = None) -> Stats:
+    """Critique `samples` (sync or async iterable) not in `done`; append one line per critique.
+
+    `skips` is what the source reports its bad rows to; it becomes `Stats.bad`. An exception
+    raised by the source propagates (after the critiques answered before it were written)."""
+    stats = Stats(bad=skips or Skips())
 
     async def todo() -> AsyncIterator[Sample]:
         async for s in _aiter(samples):
@@ -216,18 +257,20 @@ async def _aiter(samples) -> AsyncIterator[Sample]:
             yield s
 
 
-def source(cfg: IxtConfig, done: set[str]) -> Iterable[Sample] | AsyncIterator[Sample]:
+def source(cfg: IxtConfig, done: set[str], skips: Skips) -> Iterable[Sample] | AsyncIterator[Sample]:
     a = cfg.annotate
     if a.source == "jsonl":
         if not a.input:
             raise ConfigError("annotate.input: source=jsonl needs an input JSONL file")
-        return jsonl_samples(a.input, a.num_samples)
+        if not Path(a.input).is_file():
+            raise ConfigError(f"annotate.input: {a.input} is not a file")
+        return jsonl_samples(a.input, skips, a.num_samples)
     if a.source != "tasks":
         raise ConfigError(f"annotate.source: {a.source!r} is not tasks or jsonl")
     if a.responses == "synthetic":
         return synthetic_task_samples(cfg, a.num_samples)
     if a.responses == "policy":
-        return policy_task_samples(cfg, a.num_samples, done)
+        return policy_task_samples(cfg, a.num_samples, done, skips)
     raise ConfigError(f"annotate.responses: {a.responses!r} is not policy or synthetic")
 
 
@@ -236,25 +279,33 @@ async def run_async(cfg: IxtConfig) -> Stats:
 
     output = Path(cfg.annotate.output)
     done = prepare_output(output)
-    samples = source(cfg, done)
+    skips = Skips(fail=cfg.run.bad_input == "fail")
+    samples = source(cfg, done, skips)
     async with RewardClient.from_config(cfg.client) as client:
         await client.wait_ready(cfg.client.ready_timeout_s)
         card = await client.describe()
         log.info("critic: %s (%s %s); %d samples already in %s", card.name, card.backend, card.model_id,
                  len(done), output)
-        return await annotate(samples, client, output, done)
+        return await annotate(samples, client, output, done, skips)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit 0 when every input row was critiqued; 1 when any failed or was skipped (summary says
+    why), or at the first bad row under `run.bad_input=fail`."""
     cfg = load_or_exit(argv)
     logging.basicConfig(level=cfg.run.log_level, format="%(asctime)s %(levelname)s annotate: %(message)s")
     import uvloop
 
-    stats = uvloop.run(run_async(cfg))
-    print(f"annotated {stats.written} samples ({stats.skipped} already done, {stats.failed} failed) in "
-          f"{stats.seconds:.1f} s: {stats.critiques_per_s:.1f} critiques/s; labels {dict(stats.labels)}; "
+    try:
+        stats = uvloop.run(run_async(cfg))
+    except BadInput as e:
+        sys.stderr.write(f"annotate: bad input: {e} (run.bad_input=fail)\n")
+        return 1
+    print(f"annotated {stats.written} samples ({stats.skipped} already done, {stats.failed} failed, "
+          f"{stats.bad.total} skipped {dict(stats.bad.reasons)}) in {stats.seconds:.1f} s: "
+          f"{stats.critiques_per_s:.1f} critiques/s; labels {dict(stats.labels)}; "
           f"critiques leaking the answer {stats.leaks} -> {cfg.annotate.output}")
-    return 1 if stats.failed else 0
+    return 1 if stats.failed or stats.bad.total else 0
 
 
 if __name__ == "__main__":

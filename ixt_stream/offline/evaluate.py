@@ -13,6 +13,10 @@ has no prefix. The base-model control evaluates the base model under a trained m
 intervals over problems (the same problems under two models or two conditions). Conditions that
 produce identical prompts are generated once.
 
+Sampling at any temperature is seeded once, by the engine (`run.seed`). A prompt with no room to
+answer within `condition.max_seq_len` is not generated, scores 0 and is counted (the table's
+"skipped: too long" row).
+
 Left out: several samples per prompt (pass@k), and judging with an LLM critic: accuracy here is
 the verifiable answer only.
 """
@@ -74,13 +78,13 @@ def compare(before: dict, after: dict, resamples: int = 2000) -> dict[str, dict[
     return out
 
 
-def evaluate(engine, conditioner, prompts, conditions, max_new_tokens: int, temperature: float,
-             seed: int | None = None) -> dict:
+def evaluate(engine, conditioner, prompts, conditions, max_new_tokens: int, temperature: float) -> dict:
     """Generate one response per prompt under each condition and score it.
 
     Args:
-        engine: anything with `generate(token_id_prompts, n, max_new_tokens, temperature, seed)`
-            returning completions with `.text` and `.token_ids` (`sample.engine.Engine`).
+        engine: anything with `fits(token_ids)` and `generate(token_id_prompts, n, max_new_tokens,
+            temperature)` returning completions with `.text`, `.token_ids` and `.finish_reason`
+            (`sample.engine.Engine`).
         conditioner: the `Conditioner` the model was trained with (its mode and inference feedback
             decide the prefix).
         prompts: `tasks.Prompt`s with answers.
@@ -90,11 +94,13 @@ def evaluate(engine, conditioner, prompts, conditions, max_new_tokens: int, temp
         {"metrics": flat dict: eval/<condition>/accuracy (exact score of the final answer: tagged,
         else the last number), eval/<condition>/strict_accuracy (tagged answers only),
         eval/<condition>/answered (fraction with an <answer> tag), eval/<condition>/response_tokens
-        (mean), eval/<condition>/truncated (fraction cut at max_new_tokens), eval/num_prompts, and
-        eval/gap (positive minus negative accuracy) when both are evaluated;
+        (mean), eval/<condition>/truncated (fraction cut at max_new_tokens), eval/<condition>/too_long
+        (prompts with no room to answer within the engine's context: not generated, scored 0),
+        eval/num_prompts, and eval/gap (positive minus negative accuracy) when both are evaluated;
         "samples": one dict per (prompt, condition): prompt_id, condition, response, score, strict}.
     """
     from ixt_stream import tasks
+    from ixt_stream.sample.engine import Completion
 
     metrics: dict[str, float] = {"eval/num_prompts": float(len(prompts))}
     samples: list[dict] = []
@@ -104,10 +110,17 @@ def evaluate(engine, conditioner, prompts, conditions, max_new_tokens: int, temp
         key = tuple(map(tuple, ids))
         if key not in generated:
             log.info("generating %d responses under %s", len(ids), condition)
-            outs = engine.generate(ids, n=1, max_new_tokens=max_new_tokens, temperature=temperature,
-                                   seed=seed)
-            generated[key] = [o[0] for o in outs]
-        completions = generated[key]
+            fit = [i for i, prompt_ids in enumerate(ids) if engine.fits(prompt_ids)]
+            outs = engine.generate([ids[i] for i in fit], n=1, max_new_tokens=max_new_tokens,
+                                   temperature=temperature) if fit else []
+            completions = [Completion("", [])] * len(prompts)  # a prompt that does not fit gets no answer
+            for i, out in zip(fit, outs, strict=True):
+                completions[i] = out[0]
+            generated[key] = (completions, len(prompts) - len(fit))
+        completions, too_long = generated[key]
+        if too_long:
+            log.warning("%s: %d of %d prompts too long for the context: not generated, scored 0", condition,
+                        too_long, len(prompts))
         scores = [tasks.score(p.task, c.text, p.answer, p.metadata_json, question=p.prompt)
                   for p, c in zip(prompts, completions, strict=True)]
         strict = [tasks.score(p.task, c.text, p.answer, p.metadata_json, question=p.prompt, strict=True)
@@ -119,6 +132,7 @@ def evaluate(engine, conditioner, prompts, conditions, max_new_tokens: int, temp
                                                     for c in completions) / n
         metrics[f"eval/{condition}/response_tokens"] = sum(len(c.token_ids) for c in completions) / n
         metrics[f"eval/{condition}/truncated"] = sum(c.finish_reason == "length" for c in completions) / n
+        metrics[f"eval/{condition}/too_long"] = float(too_long)
         samples += [{"prompt_id": p.prompt_id, "condition": condition, "response": c.text, "score": s,
                      "strict": t} for p, c, s, t in zip(prompts, completions, scores, strict, strict=True)]
     if "positive" in conditions and "negative" in conditions:
@@ -130,7 +144,7 @@ def table(metrics: dict[str, float], conditions: list[str]) -> str:
     """Conditions side by side: accuracy, answered, mean response tokens."""
     rows = [("accuracy", "accuracy", "{:.3f}"), ("strict accuracy", "strict_accuracy", "{:.3f}"),
             ("answered", "answered", "{:.3f}"), ("truncated", "truncated", "{:.3f}"),
-            ("response tokens", "response_tokens", "{:.1f}")]
+            ("response tokens", "response_tokens", "{:.1f}"), ("skipped: too long", "too_long", "{:.0f}")]
     lines = [f"{'':<16}" + "".join(f"{c:>10}" for c in conditions)]
     for title, key, fmt in rows:
         cells = (fmt.format(metrics[f"eval/{c}/{key}"]) for c in conditions)
@@ -173,7 +187,7 @@ def run(cfg: IxtConfig) -> dict:
                     threads=g.threads, seed=cfg.run.seed, gpu_memory_utilization=g.gpu_memory_utilization,
                     tensor_parallel_size=g.tensor_parallel_size)
     result = evaluate(engine, conditioner, prompts, cfg.eval.conditions, cfg.eval.max_new_tokens,
-                      cfg.eval.temperature, seed=cfg.run.seed)
+                      cfg.eval.temperature)
     inference = conditioner.inference
     return {"model": model_dir, "condition_mode": cond.mode, "conditions": list(cfg.eval.conditions),
             "tasks": list(cfg.task.names), "feedback": inference.conditions() if inference else {},

@@ -13,6 +13,11 @@ DeepSpeed checkpoints to `run.run_dir/checkpoints/train` (`train.resume=true` co
 latest one; the batch order is a function of the seed, so resuming skips exactly the batches
 already consumed).
 
+Every row is checked before the first step: a broken line (`file:line: reason`) or a sample whose
+feedback and prompt leave no room for data within `condition.max_seq_len` (`too_long`) is skipped
+and counted, and the summary (`train/skipped/<reason>`) says how many; the exit code is then 1
+(`run.bad_input=fail`: stop before training instead).
+
 Left out: several ranks (data would need sharding per rank), a held-out loss during training
 (`ixt eval` measures accuracy, which is what matters), filtering samples by label.
 """
@@ -24,11 +29,12 @@ import logging
 import random
 import sys
 from collections.abc import Iterator
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 from ixt_stream.condition import Conditioner, FeedbackCounter, record
 from ixt_stream.config import ConfigError, IxtConfig, load_or_exit
+from ixt_stream.offline.inputs import BadInput, Skips, jsonl_objects
 from ixt_stream.types import ConditionedSample, Critique, Label, Sample
 
 log = logging.getLogger("ixt.train")
@@ -46,39 +52,57 @@ def _label(value: int | str) -> Label:
     return Label[value.upper()]
 
 
-def read_annotated(path: str | Path) -> list[tuple[Sample, Critique | None]]:
+def read_annotated(path: str | Path, skips: Skips | None = None) -> list[tuple[Sample, Critique | None]]:
     """(Sample, Critique) pairs from the lines `ixt annotate` writes.
 
     A line holds the Sample fields plus the critique fields (`critique`, `score`, `label` as an
     int or a name, `thinking`, `model_id`, `latency_ms`); unknown keys are ignored. A line without
     a `label` gives a sample with no critique (trained without feedback). Blank lines and a
     half-written last line (an annotate run killed mid-write) are skipped; a broken line anywhere
-    else raises ValueError naming it.
+    else is reported to `skips` as `file:line: reason` (default: raise BadInput, a ValueError).
     """
-    lines = Path(path).read_text().splitlines()
+    skips = skips or Skips(fail=True)
     out = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):
-                log.warning("%s:%d: skipping a half-written last line", path, number)
-                continue
-            raise ValueError(f"{path}:{number}: not a JSON line") from None
+    for number, row in jsonl_objects(path, skips, torn_tail_ok=True):
         try:
             sample = Sample(**{k: v for k, v in row.items() if k in _SAMPLE_FIELDS})
+            _check_types(sample)
             critique = None
             if "label" in row:
                 critique = Critique(
-                    sample_id=sample.sample_id, critique=row.get("critique", ""),
+                    sample_id=sample.sample_id, critique=row.get("critique") or "",
                     score=float(row.get("score", 0.0)), label=_label(row["label"]),
-                    thinking=row.get("thinking", ""), model_id=row.get("model_id", ""),
+                    thinking=row.get("thinking") or "", model_id=row.get("model_id") or "",
                     latency_ms=float(row.get("latency_ms", 0.0)),
                 )
-        except (TypeError, ValueError, KeyError) as e:
-            raise ValueError(f"{path}:{number}: {e!r}") from e
+                if not isinstance(critique.critique, str):
+                    raise TypeError(f"critique is a {type(critique.critique).__name__}, not a string")
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            skips.bad(f"{path}:{number}", "bad_field", repr(e))
+            continue
+        out.append((sample, critique))
+    return out
+
+
+def _check_types(sample: Sample) -> None:
+    """TypeError unless the text fields are strings (JSON null or numbers would reach the tokenizer)."""
+    for name in ("sample_id", "prompt", "response"):
+        if not isinstance(getattr(sample, name), str):
+            raise TypeError(f"{name} is {getattr(sample, name)!r}, not a string")
+
+
+def fitting(rows: list[tuple[Sample, Critique | None]], conditioner: Conditioner,
+            skips: Skips) -> list[tuple[Sample, Critique | None]]:
+    """The rows whose full layout (feedback included) fits `max_seq_len`, checked before the first
+    step; the others are reported to `skips` (reason `too_long`). Feedback dropout only shortens a
+    sample, so a row that fits with its feedback fits in every epoch."""
+    out = []
+    for sample, critique in rows:
+        try:
+            conditioner.condition(sample, critique)
+        except ValueError as e:
+            skips.bad(sample.sample_id, "too_long", str(e))
+            continue
         out.append((sample, critique))
     return out
 
@@ -111,12 +135,16 @@ def train(cfg: IxtConfig) -> dict[str, float]:
     model_dir = models.resolve(cfg.model)
     tokenizer = models.load_tokenizer(model_dir)
     conditioner = Conditioner.from_config(tokenizer, cfg.condition, seed=cfg.run.seed)
-    rows = read_annotated(cfg.train.data)
+    if not Path(cfg.train.data).is_file():
+        raise ConfigError(f"train.data: {cfg.train.data} is not a file")
+    skips = Skips(fail=cfg.run.bad_input == "fail")
+    rows = read_annotated(cfg.train.data, skips)
+    rows = fitting(rows, Conditioner.from_config(tokenizer, replace(cfg.condition, feedback_dropout=0.0)), skips)
     if not rows:
-        raise ConfigError(f"train.data: {cfg.train.data} holds no samples")
+        raise ConfigError(f"train.data: {cfg.train.data} holds no trainable samples (skipped: {dict(skips.reasons)})")
     with_feedback = sum(c is not None for _, c in rows)
-    log.info("%d samples (%d with a critique) from %s; mode %s; model %s", len(rows), with_feedback,
-             cfg.train.data, cfg.condition.mode, model_dir)
+    log.info("%d samples (%d with a critique) from %s; mode %s; model %s; skipped %s", len(rows), with_feedback,
+             cfg.train.data, cfg.condition.mode, model_dir, dict(skips.reasons))
 
     learner = Learner.from_config(model_dir, lc)
     checkpoints = Path(cfg.run.run_dir) / "checkpoints" / "train"
@@ -161,12 +189,14 @@ def train(cfg: IxtConfig) -> dict[str, float]:
     summary = {"train/steps": float(learner.step), "train/skipped_steps": float(learner.skipped_steps),
                "train/tokens_total": float(tokens), "train/seconds": seconds,
                "train/mean_tokens_per_s": tokens / seconds if seconds else 0.0,
-               "train/last_loss": last.get("train/loss", float("nan"))}
+               "train/last_loss": last.get("train/loss", float("nan")), "train/samples": float(len(rows)),
+               **{f"train/skipped/{reason}": float(n) for reason, n in skips.reasons.items()}}
     log.info("done: %s -> %s", {k: round(v, 4) for k, v in summary.items()}, out)
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Prints the summary as one JSON line; exits 1 when rows were skipped (`train/skipped/<reason>`)."""
     cfg = load_or_exit(argv)
     logging.basicConfig(level=cfg.run.log_level, format="%(asctime)s %(levelname)s train: %(message)s")
     try:
@@ -174,8 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         sys.stderr.write(f"config error: {e}\n")
         return 2
+    except BadInput as e:
+        sys.stderr.write(f"train: bad input: {e} (run.bad_input=fail)\n")
+        return 1
     print(json.dumps(summary))
-    return 0
+    return 1 if any(k.startswith("train/skipped/") for k in summary) else 0
 
 
 if __name__ == "__main__":

@@ -14,8 +14,10 @@ samples without a prefix.
 Weights change only between engine calls, so every sample of one call carries the version it was
 sampled with. A generator (re)started mid-run applies the version recorded in
 `run_dir/weights/LATEST` before its first engine call (PUB does not replay earlier announcements).
-Back-pressure: PUSH blocks at the high-water mark and nothing is dropped; a blocked send wakes
-every `stream.send_timeout_ms` only to notice a stop. The generator stops after its share of
+A prompt too long for `condition.max_seq_len` is skipped, logged and counted
+(`generator/prompts_too_long`); the other prompts go on. Back-pressure: PUSH blocks at the
+high-water mark and nothing is dropped; a blocked send wakes every `stream.send_timeout_ms` only
+to notice a stop. The generator stops after its share of
 `stream.max_samples`, when its prompt shard runs out, or on SIGTERM/SIGINT (after the engine call
 in flight), closing its sockets with `stream.linger_ms` to flush what is queued.
 Left out: overlapping generation with sending (one call at a time), and resuming the prompt
@@ -79,7 +81,7 @@ def run(cfg: IxtConfig, stop: threading.Event) -> int:
     quota = share(stream.max_samples, gen.num_generators, gen.index)
     prompts = tasks.train_prompts(cfg.task, gen.index, gen.num_generators)
     nonce = uuid.uuid4().hex[:8]  # sample ids stay unique across restarts of this generator
-    sent, tokens, call, apply_s = 0, 0, 0, 0.0
+    sent, tokens, call, apply_s, too_long, metrics = 0, 0, 0, 0.0, 0, {}
     started = time.perf_counter()
     try:
         while not stop.is_set() and (quota is None or sent < quota):
@@ -98,11 +100,22 @@ def run(cfg: IxtConfig, stop: threading.Event) -> int:
             if not batch:
                 log.info("%s: prompt shard exhausted", name)
                 break
-            t0 = time.perf_counter()
+            fitting = []
             condition = "positive" if conditioner.inference else "none"
-            outs = engine.generate([conditioner.inference_ids(p.prompt, condition) for p in batch],
-                                   n=gen.samples_per_prompt, max_new_tokens=gen.max_new_tokens,
-                                   temperature=gen.temperature, top_p=gen.top_p)
+            for p in batch:
+                prompt_ids = conditioner.inference_ids(p.prompt, condition)
+                if engine.fits(prompt_ids):
+                    fitting.append((p, prompt_ids))
+                else:  # skipped and counted; the other prompts go on
+                    too_long += 1
+                    log.warning("%s: prompt %s has %d tokens, no room within condition.max_seq_len=%d: skipped",
+                                name, p.prompt_id, len(prompt_ids), cfg.condition.max_seq_len)
+            if not fitting:
+                continue
+            batch = [p for p, _ in fitting]
+            t0 = time.perf_counter()
+            outs = engine.generate([i for _, i in fitting], n=gen.samples_per_prompt,
+                                   max_new_tokens=gen.max_new_tokens, temperature=gen.temperature, top_p=gen.top_p)
             engine_s, now, call = time.perf_counter() - t0, time.time(), call + 1
             call_tokens = sum(len(c.token_ids) for completions in outs for c in completions)
             tokens += call_tokens
@@ -133,10 +146,15 @@ def run(cfg: IxtConfig, stop: threading.Event) -> int:
                 "generator/send_blocked_s": time.perf_counter() - t0,
                 "weights/version": weights.version, "weights/apply_s": apply_s,
                 "weights/refused": sum(weights.refused.values()),
+                "generator/prompts_too_long": too_long,
             }
             sink.log(metrics, step=call)
             write_status(cfg.run.run_dir, name, metrics)
-        log.info("%s: stopping after %d samples, %d tokens, weights v%d", name, sent, tokens, weights.version)
+        log.info("%s: stopping after %d samples, %d tokens, weights v%d; skipped: %d prompts too long",
+                 name, sent, tokens, weights.version, too_long)
+        # done: its work is finished (quota or shard), so `ixt status` shows it finished, not dead
+        write_status(cfg.run.run_dir, name, {**metrics, "generator/samples": sent,
+                                             "generator/prompts_too_long": too_long, "done": not stop.is_set()})
         return sent
     finally:
         ledger.close()

@@ -18,7 +18,10 @@ forgets ledger training events after that step (those updates were lost with the
 crashed process had consumed their samples: they are ledgered dropped, `rolled_back`, so nothing
 is ever trained twice in the model), and continues the version count from `weights/LATEST`, so
 the generators, which keep serving their last weights meanwhile, never see a version go back.
-With no intact checkpoint it refuses to start, unless `learner.fresh_on_corrupt_checkpoint`.
+A run that trained but has no intact checkpoint (corrupt, or never saved with the default
+`learner.save_every=0`) is refused with a ConfigError saying what to do, unless
+`learner.fresh_on_corrupt_checkpoint`: then every earlier training event is rolled back the same
+way and the versions still continue from LATEST.
 Left out: several learner ranks (ZeRO across processes) in the online loop; multi-epoch replay.
 """
 
@@ -35,38 +38,57 @@ from pathlib import Path
 import zmq
 
 from ixt_stream import models
-from ixt_stream.config import IxtConfig
+from ixt_stream.config import ConfigError, IxtConfig, LearnerConfig
 from ixt_stream.ledger import Ledger
 from ixt_stream.metrics import MetricsSink
 from ixt_stream.online.supervisor import write_status
 from ixt_stream.stream import sockets
 from ixt_stream.types import ConditionedSample, Label, WeightAck
+from ixt_stream.wire.codec import FrameLimits
 
 log = logging.getLogger(__name__)
 NAME = "learner"
 
 
 class Prefetcher(threading.Thread):
-    """Owns the learner's inbound sockets; fills `samples` (bounded) and records acks."""
+    """Owns the learner's inbound sockets; fills `samples` (bounded) and records acks.
 
-    def __init__(self, cfg: IxtConfig, maxsize: int, stop: threading.Event):
+    Every ConditionedSample is validated at the socket (`codec.decode_frame` with `limits`): a
+    frame no step could train on (empty, mask not matching the ids, ids outside the vocabulary,
+    longer than a batch) is rejected, counted by reason and ledgered dropped (`invalid_frame`)."""
+
+    def __init__(self, cfg: IxtConfig, maxsize: int, stop: threading.Event, limits: FrameLimits):
         super().__init__(name="prefetch", daemon=True)
-        self.cfg, self.stop = cfg, stop
+        self.cfg, self.stop, self.limits = cfg, stop, limits
         self.samples: queue.Queue[ConditionedSample] = queue.Queue(maxsize=maxsize)
         self.generator_versions: dict[str, int] = {}
         self.apply_seconds: dict[str, float] = {}
         self.rejects: Counter[str] = Counter()
         self.ready = threading.Event()
+        self.error: BaseException | None = None
+        """Why the thread could not start (e.g. a port already bound); the trainer raises it."""
 
     def run(self) -> None:
-        run_id = self.cfg.run.run_id
-        conditioned = sockets.receiver(self.cfg.stream, "conditioned", run_id)
-        acks = sockets.receiver(self.cfg.stream, "acks", run_id)
-        poller = zmq.Poller()
-        poller.register(conditioned.sock, zmq.POLLIN)
-        poller.register(acks.sock, zmq.POLLIN)
-        self.ready.set()
         try:
+            self._run()
+        except BaseException as e:
+            self.error = e
+            self.stop.set()
+            self.ready.set()
+
+    def _run(self) -> None:
+        run_id = self.cfg.run.run_id
+        opened = [Ledger(Path(self.cfg.run.run_dir) / "ledger.sqlite")]  # its own connection: its own thread
+        try:
+            ledger = opened[0]
+            conditioned = sockets.receiver(self.cfg.stream, "conditioned", run_id, limits=self.limits)
+            opened.append(conditioned)
+            acks = sockets.receiver(self.cfg.stream, "acks", run_id)
+            opened.append(acks)
+            poller = zmq.Poller()
+            poller.register(conditioned.sock, zmq.POLLIN)
+            poller.register(acks.sock, zmq.POLLIN)
+            self.ready.set()
             while not self.stop.is_set():
                 ready = dict(poller.poll(200))
                 if acks.sock in ready:
@@ -82,21 +104,60 @@ class Prefetcher(threading.Thread):
                             continue
                 elif self.samples.full():
                     time.sleep(0.01)  # let the trainer drain; ZeroMQ's HWM holds the rest upstream
+                if conditioned.rejected:
+                    ledger.dropped([(sid, "invalid_frame") for sid, _ in conditioned.rejected])
+                    conditioned.rejected.clear()
                 self.rejects = conditioned.rejects + acks.rejects
         finally:
-            conditioned.close()
-            acks.close()
+            for closable in reversed(opened):
+                closable.close()
 
     def _ack(self, ack: WeightAck) -> None:
         self.generator_versions[ack.generator_id] = ack.version
         self.apply_seconds[ack.generator_id] = ack.apply_seconds
 
 
+def resume(learner, ledger: Ledger, run_dir: Path, lc: LearnerConfig) -> int:
+    """Where a (re)started learner stands; returns the weight version to continue from.
+
+    A run that already trained resumes from its newest intact checkpoint; training events after it
+    are forgotten (ledgered dropped, rolled_back) and versions continue after LATEST. With no
+    checkpoint to resume from (none saved: learner.save_every=0, or all corrupt) it raises
+    ConfigError: training the base weights again would leave the ledger counting lost samples as
+    trained and restart the version count under the generators' feet.
+    """
+    from ixt_stream.update import checkpoint_integrity as integrity
+    from ixt_stream.weights import publish
+
+    ckpt_dir, latest = run_dir / "checkpoints", run_dir / "weights" / publish.LATEST
+    published = json.loads(latest.read_text())["version"] if latest.exists() else 0
+    trained_to = ledger.last_trained_step()
+    if not (integrity.tags(ckpt_dir) or published or trained_to):
+        return 0  # a new run
+    step = 0
+    try:
+        if not integrity.tags(ckpt_dir):
+            raise integrity.CorruptCheckpoint(ckpt_dir, f"no checkpoint, but this run trained to step {trained_to} "
+                                              f"and published v{published} (learner.save_every={lc.save_every})")
+        step = learner.load_checkpoint(ckpt_dir)
+    except integrity.CorruptCheckpoint as e:
+        if not lc.fresh_on_corrupt_checkpoint:
+            raise ConfigError(
+                f"run.run_dir={run_dir}: {e}. Refusing to train the initial weights again while the ledger "
+                "counts earlier samples as trained: use a new run.run_dir, or set "
+                "learner.fresh_on_corrupt_checkpoint=true to start over (those samples are ledgered "
+                f"dropped, rolled_back; versions continue after v{published}). learner.save_every > 0 makes "
+                "a run resumable") from None
+        log.error("%s; starting from the initial weights (learner.fresh_on_corrupt_checkpoint)", e)
+    forgotten = ledger.untrain_after(step, drop_reason="rolled_back")
+    log.info("resumed at step %d, weights v%d (%d later training events forgotten)", step, published, forgotten)
+    return published
+
+
 def run(cfg: IxtConfig, stop: threading.Event) -> dict:
     """Train until `learner.max_steps` or `stop`; returns the final summary."""
     from ixt_stream.batch.collate import collate, pack
     from ixt_stream.condition import FeedbackCounter, record
-    from ixt_stream.update import checkpoint_integrity as integrity
     from ixt_stream.update.learner import Learner
     from ixt_stream.weights import publish
 
@@ -105,27 +166,22 @@ def run(cfg: IxtConfig, stop: threading.Event) -> dict:
     pad_id = models.load_tokenizer(model_dir).pad_token_id
     learner = Learner.from_config(model_dir, lc)
     ledger = Ledger(run_dir / "ledger.sqlite")
+    ckpt_dir = run_dir / "checkpoints"
+    try:
+        version = resume(learner, ledger, run_dir, lc)
+    except ConfigError:
+        ledger.close()
+        raise
     publisher = publish.publisher(sc, str(run_dir), cfg.run.run_id)
     sink = MetricsSink(run_dir, NAME, prometheus_port=cfg.run.metrics_port)
-    prefetch = Prefetcher(cfg, maxsize=lc.max_samples_per_batch, stop=stop)  # one batch ahead
+    limits = FrameLimits(vocab_size=learner.vocab_size, max_tokens=min(cfg.condition.max_seq_len, lc.tokens_per_batch))
+    prefetch = Prefetcher(cfg, maxsize=lc.max_samples_per_batch, stop=stop, limits=limits)  # one batch ahead
     prefetch.start()
     prefetch.ready.wait()
-
-    # -- resume -----------------------------------------------------------------------------------
-    version, ckpt_dir = 0, run_dir / "checkpoints"
-    if integrity.tags(ckpt_dir):
-        try:
-            step = learner.load_checkpoint(ckpt_dir)
-        except integrity.CorruptCheckpoint as e:
-            # getattr: the LearnerConfig field is being added by the config's owner
-            if not lc.fresh_on_corrupt_checkpoint:
-                raise
-            log.error("%s; starting from the initial weights (learner.fresh_on_corrupt_checkpoint)", e)
-            step = 0
-        forgotten = ledger.untrain_after(step, drop_reason="rolled_back")
-        latest = run_dir / "weights" / publish.LATEST
-        version = json.loads(latest.read_text())["version"] if latest.exists() else 0
-        log.info("resumed at step %d, weights v%d (%d later training events forgotten)", step, version, forgotten)
+    if prefetch.error is not None:  # e.g. a port already bound
+        for closable in (publisher, sink, ledger):
+            closable.close()
+        raise prefetch.error
 
     drops: Counter[str] = Counter()
     trained_feedback = FeedbackCounter()  # -> the positive prefix generators and eval condition on

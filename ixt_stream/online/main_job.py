@@ -88,6 +88,7 @@ def print_summary(summary: dict) -> None:
           f"weight versions pushed {summary['versions_pushed']}; learner busy {busy:.0f}%")
     print(f"  ledger: generated {ledger['generated']} = trained {ledger['trained']} + dropped {ledger['dropped']} "
           f"+ in flight {ledger['in_flight']}; trained twice {ledger['trained_twice']}")
+    print(f"  skipped, by reason: {summary['skipped']}")
     print(f"  wall {summary['wall_s']:.0f} s; curves {summary['plot']}")
 
 
@@ -131,6 +132,10 @@ def main(argv: list[str]) -> int:
         "steps": learner["steps"], "learner_busy_fraction": learner["busy_fraction"],
         "weight_push_s": learner["push_s"], "staleness": learner["staleness"], "drops": learner["drops"],
         "ledger": ledger, "wall_s": time.time() - t0, "plot": str(plot),
+        "skipped": {**ledger["dropped_by_reason"],
+                    **{f"rejected_frames/{k}": v for k, v in learner.get("rejected_frames", {}).items()},
+                    "prompts_too_long": sum(supervisor.read_status(run_dir, f"generator-{i}").get(
+                        "generator/prompts_too_long", 0) for i in range(cfg.generator.num_generators))},
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print_summary(summary)

@@ -244,15 +244,22 @@ def up_main(argv: list[str]) -> int:
     return status_main(argv)
 
 
+def state(row: dict) -> str:
+    """alive | finished (exited after its work was done: its last status says `done`) | DEAD."""
+    if row["alive"]:
+        return "alive"
+    return "finished" if row["status"].get("done") is True else "DEAD"
+
+
 def status_main(argv: list[str]) -> int:
+    """Exit 1 when a service died (exited before its work was done); finished ones are fine."""
     run_dir = load(argv).run.run_dir
     rows = status(run_dir)
     if not rows:
         print(f"{run_dir}: no services")
     for r in rows:
-        state = "alive" if r["alive"] else "DEAD"
-        print(f"{r['name']:<14} pid {r['pid']:<8} {state:<6} {_fmt(r['status'])}")
-    return 0 if rows and all(r["alive"] for r in rows) else 1
+        print(f"{r['name']:<14} pid {r['pid']:<8} {state(r):<8} {_fmt(r['status'])}")
+    return 0 if rows and all(state(r) != "DEAD" for r in rows) else 1
 
 
 def down_main(argv: list[str]) -> int:

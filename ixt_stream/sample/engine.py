@@ -11,6 +11,11 @@ changes only embeddings and norms (greedy tokens then differ from a fresh engine
 weights). On CPU the engine therefore keeps the linear weights (one extra copy of them) and
 repacks every handle from them after each reload (`_repack_cpu_linear`: milliseconds for the tiny
 model); `tests/integration/test_generator.py` checks a reloaded engine against a fresh one.
+
+Two more rules keep one bad input from killing a caller. Sampling is seeded once, by the engine
+seed: vLLM-CPU crashes on per-request seeds when it splits a batch ("CPU Generator does not use
+offset"), so `generate` takes none. A prompt that leaves no room for a new token within
+`max_model_len` is refused before vLLM sees it (`fits`): callers skip and count such prompts.
 """
 
 from __future__ import annotations
@@ -91,6 +96,7 @@ class Engine:
         if self.on_cpu:
             _keep_cpu_linear_weights()
         self.model_dir = model_dir
+        self.max_model_len = max_model_len
         self.llm = LLM(
             model=model_dir,
             dtype=dtype,
@@ -101,6 +107,10 @@ class Engine:
             tensor_parallel_size=tensor_parallel_size,
         )
 
+    def fits(self, prompt: list[int]) -> bool:
+        """Whether a token-id prompt is non-empty and leaves room for one new token (vLLM refuses others)."""
+        return 0 < len(prompt) < self.max_model_len
+
     def generate(
         self,
         prompts: list[list[int]],
@@ -108,14 +118,17 @@ class Engine:
         max_new_tokens: int = 128,
         temperature: float = 1.0,
         top_p: float = 1.0,
-        seed: int | None = None,
     ) -> list[list[Completion]]:
-        """`n` completions for each token-id prompt, in prompt order."""
+        """`n` completions for each token-id prompt, in prompt order (the engine seed applies).
+
+        Raises ValueError, before any generation, when a prompt does not `fit`."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature,
-                                top_p=top_p, seed=seed)
+        if too_long := [i for i, p in enumerate(prompts) if not self.fits(p)]:
+            raise ValueError(f"prompts {too_long} have {[len(prompts[i]) for i in too_long]} tokens: no room "
+                             f"for a new token within max_model_len={self.max_model_len}")
+        params = SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
                                  use_tqdm=False)
         return [[Completion(c.text, list(c.token_ids), c.finish_reason or "") for c in o.outputs] for o in outs]

@@ -27,9 +27,9 @@ import zmq
 import zmq.asyncio
 from prometheus_client import Counter as PromCounter
 
-from ixt_stream.config import StreamConfig
+from ixt_stream.config import ConfigError, StreamConfig
 from ixt_stream.types import ConditionedSample, Sample, WeightAck, WeightVersion
-from ixt_stream.wire.codec import Body, Reject, decode_frame, encode_frame
+from ixt_stream.wire.codec import Body, FrameLimits, Reject, decode_frame, encode_frame
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +105,13 @@ def _is_loopback(host: str) -> bool:
 def open_socket(cfg: StreamConfig, link: str, side: str, ctx: zmq.Context | None = None) -> zmq.Socket:
     """A configured socket for one end (`side` = "send" | "recv") of `link`, bound or connected.
 
-    Raises ValueError for a non-loopback host without CURVE: frames would cross the network in
-    the clear and anyone could inject samples or weight announcements.
+    Raises ConfigError (a ValueError) for a non-loopback host without CURVE: frames would cross the network in
+    the clear and anyone could inject samples or weight announcements; ConfigError naming the
+    port setting when the address cannot be bound (in use).
     """
     spec = LINKS[link]
     if not cfg.curve_keys_dir and not _is_loopback(cfg.host):
-        raise ValueError(
+        raise ConfigError(
             f"stream.host={cfg.host!r} is not a loopback address; set stream.curve_keys_dir "
             f"(see sockets.create_curve_keys) to encrypt and authenticate the ZeroMQ links"
         )
@@ -126,7 +127,12 @@ def open_socket(cfg: StreamConfig, link: str, side: str, ctx: zmq.Context | None
     if spec.recv_type == zmq.SUB and side == "recv":
         sock.setsockopt(zmq.SUBSCRIBE, b"")
     address = f"tcp://{cfg.host}:{getattr(cfg, spec.port_field)}"
-    (sock.bind if binds else sock.connect)(address)
+    try:
+        (sock.bind if binds else sock.connect)(address)
+    except zmq.ZMQError as e:
+        sock.close(linger=0)
+        raise ConfigError(f"stream.{spec.port_field}: cannot {'bind' if binds else 'connect to'} {address} "
+                          f"({e})") from None
     return sock
 
 
@@ -161,19 +167,25 @@ class Sender:
 
 
 class Receiver:
-    """Decodes frames for one link; skips (and counts) anything that is not a valid body."""
+    """Decodes frames for one link; skips (and counts) anything that is not a valid body.
 
-    def __init__(self, sock: zmq.Socket, link: str, run_id: str):
-        self.sock, self.link, self.run_id = sock, link, run_id
+    `limits` adds the receiving end's bounds (vocabulary, length) to the checks. Rejected frames
+    that named a sample are kept in `rejected` as (sample_id, reason) for the owner to ledger."""
+
+    def __init__(self, sock: zmq.Socket, link: str, run_id: str, limits: FrameLimits | None = None):
+        self.sock, self.link, self.run_id, self.limits = sock, link, run_id, limits
         self.expect = LINKS[link].body
         self.rejects: Counter[str] = Counter()
+        self.rejected: list[tuple[str, str]] = []
         self.received = 0
         self._async: zmq.asyncio.Socket | None = None
 
     def _accept(self, frame: bytes) -> Body | None:
-        body = decode_frame(frame, self.run_id, self.expect)
+        body = decode_frame(frame, self.run_id, self.expect, self.limits)
         if isinstance(body, Reject):
             self.rejects[body.reason] += 1
+            if body.sample_id:
+                self.rejected.append((body.sample_id, body.reason))
             FRAMES_REJECTED.labels(self.link, body.reason).inc()
             n = self.rejects[body.reason]
             if n & (n - 1) == 0:  # 1st, 2nd, 4th, 8th ...: a flood of garbage cannot flood the log
@@ -218,5 +230,6 @@ def sender(cfg: StreamConfig, link: str, run_id: str, ctx: zmq.Context | None = 
     return Sender(open_socket(cfg, link, "send", ctx), link, run_id)
 
 
-def receiver(cfg: StreamConfig, link: str, run_id: str, ctx: zmq.Context | None = None) -> Receiver:
-    return Receiver(open_socket(cfg, link, "recv", ctx), link, run_id)
+def receiver(cfg: StreamConfig, link: str, run_id: str, ctx: zmq.Context | None = None,
+             limits: FrameLimits | None = None) -> Receiver:
+    return Receiver(open_socket(cfg, link, "recv", ctx), link, run_id, limits)

@@ -136,6 +136,11 @@ class Learner:
                    weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
                    grad_clip=cfg.grad_clip, threads=cfg.threads)
 
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the embedding: every token id fed to `train_step` must be below it."""
+        return int(self.engine.module.config.vocab_size)
+
     def lr_at(self, step: int) -> float:
         """Linear warmup over `warmup_steps`, then the peak lr."""
         if step >= self.warmup_steps:

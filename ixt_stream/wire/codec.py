@@ -1,7 +1,11 @@
 """Dataclasses <-> protobuf messages, and ZeroMQ frames <-> typed bodies.
 
 `decode_frame` never raises on garbage: it returns a `Reject` with a reason that receivers count
-and log, so a bad frame costs one counter increment and the pipeline keeps running.
+and log, so a bad frame costs one counter increment and the pipeline keeps running. A
+ConditionedSample is checked field by field before anything downstream sees it: non-empty ids,
+a 0/1 loss mask as long as the ids with a loss token, a feedback length within the
+ids, and, given `FrameLimits`, ids inside the vocabulary and a length within the learner's limit
+(reason `invalid` or `out_of_range`; the Reject names the sample so it can be ledgered dropped).
 """
 
 from __future__ import annotations
@@ -92,13 +96,43 @@ def conditioned_to_pb(c: ConditionedSample) -> pb.ConditionedSample:
 
 
 def conditioned_from_pb(m: pb.ConditionedSample) -> ConditionedSample:
+    """ValueError for a sample no learner could train on (see the module docstring)."""
+    ids, mask = unpack_ids(m.input_ids), list(m.loss_mask)
+    if not ids:
+        raise ValueError(f"conditioned sample {m.sample.sample_id!r} has no input_ids")
+    if len(mask) != len(ids):
+        raise ValueError(f"conditioned sample {m.sample.sample_id!r}: loss_mask has {len(mask)} entries "
+                         f"for {len(ids)} input_ids")
+    if not set(mask) <= {0, 1} or not any(mask):
+        raise ValueError(f"conditioned sample {m.sample.sample_id!r}: loss_mask must be 0/1 with a loss token")
+    if m.num_feedback_tokens > len(ids):
+        raise ValueError(f"conditioned sample {m.sample.sample_id!r}: {m.num_feedback_tokens} feedback "
+                         f"tokens in {len(ids)}")
     return ConditionedSample(
         sample=sample_from_pb(m.sample),
         critique=critique_from_pb(m.critique) if m.HasField("critique") else None,
-        input_ids=unpack_ids(m.input_ids),
-        loss_mask=list(m.loss_mask),
+        input_ids=ids,
+        loss_mask=mask,
         num_feedback_tokens=m.num_feedback_tokens,
     )
+
+
+@dataclass(frozen=True)
+class FrameLimits:
+    """What the receiving end can take: token ids below `vocab_size`, at most `max_tokens` of them."""
+
+    vocab_size: int
+    max_tokens: int
+
+
+def out_of_range(c: ConditionedSample, limits: FrameLimits) -> str | None:
+    """Why `c` exceeds `limits`, or None."""
+    if c.num_tokens > limits.max_tokens:
+        return f"{c.num_tokens} tokens, more than the {limits.max_tokens} accepted"
+    low, high = min(c.input_ids), max(c.input_ids)
+    if low < 0 or high >= limits.vocab_size:
+        return f"token id {low if low < 0 else high} outside the vocabulary [0, {limits.vocab_size})"
+    return None
 
 
 def weights_to_pb(w: WeightVersion) -> pb.WeightVersion:
@@ -163,6 +197,8 @@ class Reject:
 
     reason: str
     detail: str = ""
+    sample_id: str = ""
+    """The sample a well-formed envelope carried, if any (so the ledger can drop it)."""
 
 
 def encode_frame(body: Body, run_id: str) -> bytes:
@@ -172,7 +208,8 @@ def encode_frame(body: Body, run_id: str) -> bytes:
     return env.SerializeToString()
 
 
-def decode_frame(data: bytes, run_id: str, expect: type | None = None) -> Body | Reject:
+def decode_frame(data: bytes, run_id: str, expect: type | None = None,
+                 limits: FrameLimits | None = None) -> Body | Reject:
     """Parse one frame; any problem becomes a Reject (never an exception)."""
     env = pb.Envelope()
     try:
@@ -186,10 +223,13 @@ def decode_frame(data: bytes, run_id: str, expect: type | None = None) -> Body |
     field = env.WhichOneof("body")
     if field is None:
         return Reject("empty", "envelope has no body")
+    sample_id = env.conditioned.sample.sample_id if field == "conditioned" else ""
     try:
         body = _FROM_PB[field](getattr(env, field))
     except ValueError as e:
-        return Reject("invalid", str(e)[:200])
+        return Reject("invalid", str(e)[:200], sample_id)
     if expect is not None and not isinstance(body, expect):
         return Reject("unexpected_type", f"got {field}, expected {expect.__name__}")
+    if limits is not None and isinstance(body, ConditionedSample) and (why := out_of_range(body, limits)):
+        return Reject("out_of_range", f"conditioned sample {sample_id!r}: {why}", sample_id)
     return body

@@ -37,6 +37,11 @@ def build_backend(cfg: IxtConfig):
     r, llm = cfg.reward, cfg.reward.llm
     if r.backend == "null":
         return NullBackend()
+    if r.backend == "verifier" and r.judge_workers:
+        from ixt_stream.critique.isolate import IsolatedBackend
+
+        return IsolatedBackend("ixt_stream.critique.verifier:VerifierBackend", {"warm_tasks": list(cfg.task.names)},
+                               workers=r.judge_workers, timeout_s=r.judge_timeout_s)
     if r.backend == "verifier":
         return VerifierBackend(warm_tasks=cfg.task.names)
     if r.backend == "openai":
@@ -69,7 +74,8 @@ def run(cfg: IxtConfig) -> int:
     from ixt_stream.critique.server import serve
     from ixt_stream.online.supervisor import write_status
 
-    check_exposure(cfg.reward.host, read_secret(cfg.reward.auth_token_file))  # fail before loading a model
+    # fail before a model loads
+    check_exposure(cfg.reward.host, read_secret(cfg.reward.auth_token_file, "reward.auth_token_file"))
     if cfg.run.metrics_port:
         prometheus_client.start_http_server(cfg.run.metrics_port, addr="127.0.0.1")
     log.info("building the %s critic", cfg.reward.backend)

@@ -18,8 +18,9 @@ from ixt_stream.critique.backend import NullBackend
 from ixt_stream.critique.client import RewardClient
 from ixt_stream.critique.server import RewardServer
 from ixt_stream.offline.annotate import annotate, jsonl_samples, prepare_output
+from ixt_stream.offline.inputs import Skips
 from ixt_stream.offline.train import read_annotated
-from ixt_stream.types import Label
+from ixt_stream.types import Label, Sample
 from tests.conftest import free_port
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -46,8 +47,8 @@ def test_jsonl_pairs_and_documents_are_annotated_once(tmp_path):
         port = await server.start()
         try:
             async with RewardClient(f"127.0.0.1:{port}") as client:
-                first = await annotate(jsonl_samples(str(src)), client, out, prepare_output(out))
-                again = await annotate(jsonl_samples(str(src)), client, out, prepare_output(out))
+                first = await annotate(jsonl_samples(str(src), Skips()), client, out, prepare_output(out))
+                again = await annotate(jsonl_samples(str(src), Skips()), client, out, prepare_output(out))
         finally:
             await server.stop()
         return first, again
@@ -135,3 +136,103 @@ def test_annotate_policy_samples_from_tiny_model(tmp_path):
     assert len({r["prompt_id"] for r in rows}) == 3 and all(r["num_response_tokens"] > 0 for r in rows)
     assert all(r["task"] == "basic_arithmetic" and json.loads(r["metadata"]["entry"]) for r in rows)
     assert all(r["model_id"] == "verifier" and 0.0 <= r["score"] <= 1.0 for r in rows)
+
+
+# -- bad inputs (issue 13, items 3 and 5) -----------------------------------------------------
+
+BAD_LINES = [
+    b'{"id": "trunc", "prompt": "Say hi.", "respon\n',  # truncated
+    b'{"id": "bytes", "prompt": "Say hi.", "response": "caf\xe9"}\n',  # latin-1, not UTF-8
+    b'{"id": "null", "prompt": "Say hi.", "response": null}\n',
+    b'["an", "array"]\n',
+    b'{"id": "nested", "prompt": "x", "response": "y", "metadata": ' + b"[" * 5000 + b"]" * 5000 + b"}\n",
+    b'{"id": "number", "prompt": 7, "response": "hi"}\n',
+    b'{"id": "nothing", "prompt": "Say hi."}\n',
+]
+BAD_REASONS = {"not_json": 1, "not_utf8": 1, "bad_field": 3, "not_object": 1, "too_deep": 1}
+
+
+def corpus(path: Path) -> Path:
+    good = [json.dumps({"id": f"ok-{i}", "prompt": "Say hi.", "response": f"hi {i}"}).encode() + b"\n"
+            for i in range(3)]
+    path.write_bytes(good[0] + b"".join(BAD_LINES) + good[1] + b"\n" + good[2])
+    return path
+
+
+@pytest.mark.timeout(30)
+def test_bad_corpus_lines_are_reported_skipped_and_counted(tmp_path, caplog):
+    src, out = corpus(tmp_path / "in.jsonl"), tmp_path / "out.jsonl"
+
+    async def main():
+        server = RewardServer(NullBackend(), port=0)
+        port = await server.start()
+        try:
+            async with RewardClient(f"127.0.0.1:{port}") as client:
+                skips = Skips()
+                return await annotate(jsonl_samples(str(src), skips), client, out, prepare_output(out), skips)
+        finally:
+            await server.stop()
+
+    stats = asyncio.run(main())
+    assert stats.written == 3 and sorted(ids_in(out)) == ["ok-0", "ok-1", "ok-2"]
+    assert dict(stats.bad.reasons) == BAD_REASONS and stats.bad.total == len(BAD_LINES)
+    for line in range(2, 2 + len(BAD_LINES)):  # each named as file:line
+        assert f"{src}:{line}: " in caplog.text
+    assert "'response' is null, not a str" in caplog.text
+
+
+@pytest.mark.timeout(30)
+def test_a_failing_source_reaches_the_caller_and_nothing_hangs(tmp_path):
+    """The root cause of the hangs: an exception in the sample source of `RewardClient.stream`."""
+    out = tmp_path / "out.jsonl"
+
+    async def broken_engine():  # what a crashing vLLM call looks like from the stream
+        yield Sample(sample_id="a", prompt="p", response="r")
+        yield Sample(sample_id="b", prompt="p", response="r")
+        raise RuntimeError("CPU Generator does not use offset")
+
+    def broken_file():
+        yield Sample(sample_id="c", prompt="p", response="r")
+        raise UnicodeDecodeError("utf-8", b"\xe9", 0, 1, "invalid continuation byte")
+
+    async def main():
+        server = RewardServer(NullBackend(), port=0)
+        port = await server.start()
+        try:
+            async with RewardClient(f"127.0.0.1:{port}") as client:
+                with pytest.raises(RuntimeError, match="does not use offset"):
+                    await annotate(broken_engine(), client, out, set())
+                with pytest.raises(UnicodeDecodeError):
+                    await annotate(broken_file(), client, out, set())
+                # a sample whose fields cannot even be encoded is one failed item, the stream goes on
+                odd = Sample(sample_id="d", prompt="p", response=None)  # type: ignore[arg-type]
+                return [r async for r in client.stream([odd, Sample(sample_id="e", prompt="p", response="r")])]
+        finally:
+            await server.stop()
+
+    results = asyncio.run(main())
+    assert {r.sample.sample_id: (r.error.code if r.error else "OK") for r in results} == {
+        "d": "INVALID_ARGUMENT", "e": "OK"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_ixt_annotate_on_a_bad_corpus_ends_with_a_summary_and_exit_1(tmp_path):
+    port, src, out = free_port(), corpus(tmp_path / "in.jsonl"), tmp_path / "out.jsonl"
+    reward = start_reward(tmp_path, port, "reward=null_critic")
+    try:
+        cmd = annotate_cmd(port, out, "annotate.source=jsonl", f"annotate.input={src}", "annotate.num_samples=0")
+        done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=120)
+        assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+        summary = done.stdout.strip().splitlines()[-1]
+        assert "annotated 3 samples" in summary and f"{len(BAD_LINES)} skipped" in summary, summary
+        assert all(f"'{k}': {v}" in summary for k, v in BAD_REASONS.items()), summary
+        assert f"{src}:2: not_json" in done.stderr and f"{src}:3: not_utf8" in done.stderr
+
+        strict = subprocess.run([*cmd, f"annotate.output={tmp_path / 'strict.jsonl'}", "run.bad_input=fail"],
+                                capture_output=True, text=True, env=ENV, timeout=120)
+        assert strict.returncode == 1 and f"bad input: {src}:2: not_json" in strict.stderr, strict.stderr[-3000:]
+        assert "Traceback" not in strict.stderr
+    finally:
+        reward.send_signal(signal.SIGTERM)
+        reward.wait(30)

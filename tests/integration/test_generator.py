@@ -152,3 +152,35 @@ print("RESULT", before != fresh_b, after == fresh_b)
     proc = subprocess.run([sys.executable, "-c", script, cache], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "RESULT True True" in proc.stdout, proc.stdout[-2000:]
+
+
+@pytest.mark.timeout(240)
+def test_a_prompt_too_long_is_skipped_and_counted_and_the_generator_goes_on(tmp_path):
+    """Issue 13, item 2: one ~1,000-token prompt under condition.max_seq_len=512 used to kill the
+    generator with vLLM's context-length error; the prompts after it were never sampled."""
+    import json
+
+    rows = [{"id": f"p{i}", "prompt": f"What is {i} + 1?", "answer": str(i + 1), "task": "basic_arithmetic"}
+            for i in range(5)]
+    rows.insert(1, {"id": "long", "prompt": "Add all of these: " + "1 + " * 500 + "1.", "answer": "501"})
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    stream = StreamConfig(samples_port=free_port(), acks_port=free_port(), weights_port=free_port())
+    overrides = ["profile=smoke", f"run.run_dir={tmp_path}", f"run.run_id={RUN}", "condition.max_seq_len=512",
+                 f"task.prompts_file={tmp_path / 'prompts.jsonl'}", f"stream.samples_port={stream.samples_port}",
+                 f"stream.acks_port={stream.acks_port}", f"stream.weights_port={stream.weights_port}",
+                 "generator.prompts_per_request=2", "generator.max_new_tokens=8", "generator.dtype=float32"]
+    samples = sockets.receiver(stream, "samples", RUN)
+    log_path = tmp_path / "generator.log"
+    proc = start_generator(overrides, log_path)
+    try:
+        got = [recv(samples, proc, log_path) for _ in range(10)]  # 5 prompts x 2 samples: all but the long one
+        assert proc.wait(timeout=60) == 0, log_path.read_text()[-3000:]  # its shard ran out: a normal exit
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        samples.close()
+    assert sorted({s.prompt_id for s in got}) == ["p0", "p1", "p2", "p3", "p4"]
+    status = read_status(tmp_path, "generator-0")
+    assert status["generator/prompts_too_long"] == 1 and status["done"] is True and status["generator/samples"] == 10
+    assert "prompt long has" in log_path.read_text()

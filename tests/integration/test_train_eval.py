@@ -18,7 +18,8 @@ from ixt_stream.condition import Conditioner, InferenceFeedback, record
 from ixt_stream.config import TaskConfig, load
 from ixt_stream.offline.annotate import annotated_row
 from ixt_stream.offline.evaluate import compare, conditioner_for, evaluate, gap, paired_ci, table
-from ixt_stream.offline.train import read_annotated
+from ixt_stream.offline.inputs import BadInput, Skips
+from ixt_stream.offline.train import fitting, read_annotated
 from ixt_stream.types import Critique, Label, Sample
 
 
@@ -68,6 +69,39 @@ def test_read_annotated_rejects_a_broken_line_mid_file(tmp_path):
         read_annotated(path)
 
 
+# -- rows that cannot be trained (issue 13, item 4) --------------------------------------------
+
+LONG_PROMPT = "Add all of these numbers: " + "1 + " * 500 + "1."
+
+
+def _with_a_long_row(n: int) -> list[tuple[Sample, Critique]]:
+    """`_rows(n)` with, third, a row whose feedback + prompt alone are ~1,040 tokens."""
+    rows = _rows(n)
+    long = Sample("long-0", LONG_PROMPT, "<answer>501</answer>", task="basic_arithmetic", reference_answer="501")
+    return rows[:2] + [(long, Critique("long-0", "Correct.", 1.0, Label.GOOD))] + rows[2:]
+
+
+def test_rows_that_cannot_fit_are_found_before_the_first_step(tokenizer):
+    cond = Conditioner.from_config(tokenizer, load(["model=tiny", "condition.max_seq_len=512"]).condition)
+    skips = Skips()
+    kept = fitting(_with_a_long_row(3), cond, skips)
+    assert len(kept) == 6 and "long-0" not in {s.sample_id for s, _ in kept}
+    assert dict(skips.reasons) == {"too_long": 1}
+    with pytest.raises(BadInput, match="long-0: too_long .*leaves no room"):
+        fitting(_with_a_long_row(3), cond, Skips(fail=True))
+
+
+def test_read_annotated_skips_and_counts_bad_lines(tmp_path):
+    path = tmp_path / "a.jsonl"
+    good = json.dumps(annotated_row(*_rows(1)[0])).encode() + b"\n"
+    path.write_bytes(good + b'{"sample_id": "n", "prompt": "p", "response": null, "label": "bad"}\n'
+                     + b'[1, 2]\n' + b'{"sample_id": "\xff", "prompt": "p", "response": "r"}\n'
+                     + b'{"sample_id": "g", "prompt": "p", "response": "r", "label": "great"}\n' + good)
+    skips = Skips()
+    assert len(read_annotated(path, skips)) == 2
+    assert dict(skips.reasons) == {"bad_field": 2, "not_object": 1, "not_utf8": 1}
+
+
 # -- evaluate() on a fake engine --------------------------------------------------------------
 
 
@@ -84,7 +118,10 @@ class _FakeEngine:
     def __init__(self, positive_prefix: list[int], answers: dict[tuple, str]):
         self.prefix, self.answers, self.calls = positive_prefix, answers, 0
 
-    def generate(self, prompts, n, max_new_tokens, temperature, seed=None):
+    def fits(self, ids):
+        return len(ids) < 400
+
+    def generate(self, prompts, n, max_new_tokens, temperature):
         self.calls += 1
         out = []
         for ids in prompts:
@@ -200,3 +237,18 @@ def test_train_then_eval_end_to_end(tmp_path):
              "eval.max_new_tokens=8")
     assert r.returncode == 0, r.stderr[-4000:]
     assert json.loads(report_path.read_text())["feedback"]["positive"] == [3, "Correct and clear."]
+
+
+@pytest.mark.slow
+def test_train_skips_a_sample_too_long_and_says_so(tmp_path):
+    """Issue 13, item 4: one row whose feedback + prompt is ~1,040 tokens under max_seq_len=512
+    used to kill `ixt train` after step 3 with no model; now it is skipped before the first step."""
+    data = _write(tmp_path / "annotated.jsonl", _with_a_long_row(6))
+    out, run_dir = tmp_path / "model", tmp_path / "run"
+    r = _ixt("train", "profile=smoke", f"run.run_dir={run_dir}", "run.tensorboard=false", "condition.max_seq_len=512",
+             "learner.tokens_per_batch=512", "learner.max_samples_per_batch=2", f"train.data={data}",
+             f"train.output_dir={out}", "learner.max_steps=4")
+    assert r.returncode == 1, r.stderr[-4000:]  # 1: a row was skipped (the summary says which reason)
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["train/steps"] == 4 and summary["train/skipped/too_long"] == 1 and summary["train/samples"] == 12
+    assert (out / "model.safetensors").exists() and "long-0: too_long" in r.stderr

@@ -13,8 +13,8 @@ from ixt_stream import services
 from ixt_stream.config import CONFIG_DIR, load
 from ixt_stream.critique.backend import NullBackend
 from ixt_stream.critique.completers import SGLANG_MISSING, OpenAICompleter
+from ixt_stream.critique.isolate import IsolatedBackend
 from ixt_stream.critique.llm import LLMBackend
-from ixt_stream.critique.verifier import VerifierBackend
 from services.reward.main import build_backend
 
 SHIPPED = sorted(p.stem for p in (Path(CONFIG_DIR) / "reward").glob("*.yaml"))
@@ -34,7 +34,7 @@ def test_shipped_configs_build_their_backend(name, monkeypatch):
             build_backend(cfg)
         return
     backend = build_backend(cfg)
-    expected = {"null": NullBackend, "verifier": VerifierBackend, "openai": LLMBackend}[name]
+    expected = {"null": NullBackend, "verifier": IsolatedBackend, "openai": LLMBackend}[name]  # verifier: in workers
     assert isinstance(backend, expected) and backend.card().backend == name
     if name == "openai":
         assert isinstance(backend.completer, OpenAICompleter) and backend.completer.api == "chat"

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ixt_stream.critique.backend import BackendUnavailable
 from ixt_stream.critique.batcher import DynamicBatcher
 from ixt_stream.critique.completers import SGLANG_MISSING, SGLangCompleter, fit_tokens
 from ixt_stream.critique.llm import LLMBackend, build_messages, parse, render_plain
@@ -106,10 +107,16 @@ def test_llm_backend_parses_and_redacts():
     assert "42" not in c.critique and c.thinking == "42 expected"
 
 
-def test_llm_backend_drops_a_critique_that_echoes_the_prompt():
-    fake = FakeCompleter("Critique: two or three sentences on what is right and what is wrong\nScore: 1")
-    c = asyncio.run(LLMBackend(fake, "vllm").critique(SAMPLE))
-    assert c.critique == "The critic gave no usable feedback."
+@pytest.mark.parametrize("reply, why", [
+    ("Critique: two or three sentences on what is right and what is wrong\nScore: 1", "copied the prompt back"),
+    ("", "reply was empty"),
+    ("<think>17 + 25 is 42, so the answer 41 is", "<think> was never closed"),  # cut off mid-thought
+    ("<think>it is wrong</think>", "no critique outside its thinking"),
+])
+def test_llm_backend_fails_a_reply_without_feedback(reply, why):
+    """No made-up MIXED 0.5: the item fails (retryable) and is kept out of training."""
+    with pytest.raises(BackendUnavailable, match=why):
+        asyncio.run(LLMBackend(FakeCompleter(reply), "vllm").critique(SAMPLE))
 
 
 def test_hybrid_keeps_the_verifier_verdict_and_tells_the_llm():

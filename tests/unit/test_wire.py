@@ -74,3 +74,41 @@ def test_critique_error_is_not_a_critique():
     m = pb.CritiqueResponse(sample_id="s", error=pb.Error(code="INVALID_ARGUMENT", message="empty response"))
     with pytest.raises(ValueError, match="INVALID_ARGUMENT"):
         codec.critique_from_pb(m)
+
+
+# -- ConditionedSample frames checked at the boundary (issue 13, item 9) -----------------------
+
+LIMITS = codec.FrameLimits(vocab_size=49152, max_tokens=512)
+
+
+def _conditioned_frame(ids: list[int], mask: list[int], feedback: int = 0, run: str = "run") -> bytes:
+    env = pb.Envelope(schema_version=codec.SCHEMA_VERSION, run_id=run)
+    env.conditioned.sample.sample_id = "x1"
+    env.conditioned.input_ids = codec.pack_ids(ids)
+    env.conditioned.loss_mask = bytes(mask)
+    env.conditioned.num_feedback_tokens = feedback
+    return env.SerializeToString()
+
+
+@pytest.mark.parametrize("ids, mask, feedback, reason, detail", [
+    ([], [], 0, "invalid", "no input_ids"),
+    ([1, 2, 3], [0, 1], 0, "invalid", "2 entries for 3"),
+    ([1, 2, 3], [0, 1, 1, 1], 0, "invalid", "4 entries for 3"),
+    ([1, 2, 3], [0, 2, 1], 0, "invalid", "0/1"),
+    ([1, 2, 3], [0, 0, 0], 0, "invalid", "with a loss token"),
+    ([1, 2, 3], [0, 1, 1], 4, "invalid", "4 feedback tokens in 3"),
+    ([1, 10**7, 3], [0, 1, 1], 0, "out_of_range", "token id 10000000 outside the vocabulary"),
+    ([1, 49152, 3], [0, 1, 1], 0, "out_of_range", "token id 49152 outside"),
+    ([-1, 2, 3], [0, 1, 1], 0, "out_of_range", "token id -1 outside"),
+    ([7] * 3000, [0] * 100 + [1] * 2900, 0, "out_of_range", "3000 tokens, more than the 512"),
+])
+def test_a_conditioned_frame_no_step_could_train_on_is_rejected_with_its_sample_id(ids, mask, feedback, reason,
+                                                                                   detail):
+    got = codec.decode_frame(_conditioned_frame(ids, mask, feedback), "run", ConditionedSample, LIMITS)
+    assert isinstance(got, codec.Reject) and got.reason == reason and detail in got.detail
+    assert got.sample_id == "x1"
+
+
+def test_a_conditioned_frame_within_limits_is_accepted():
+    got = codec.decode_frame(_conditioned_frame([1, 2, 49151], [0, 1, 1], 1), "run", ConditionedSample, LIMITS)
+    assert isinstance(got, ConditionedSample) and got.input_ids == [1, 2, 49151] and got.num_feedback_tokens == 1
