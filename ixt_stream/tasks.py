@@ -39,6 +39,13 @@ class Prompt:
     metadata_json: str = "{}"
     """reasoning-gym entry metadata, JSON-encoded."""
 
+    @property
+    def problem(self) -> str:
+        """What makes two prompts the same problem: the expression when the task has one
+        ("Calculate 3 + 4." and "What is 3 + 4?" are one problem), else the prompt text."""
+        expression = json.loads(self.metadata_json or "{}").get("expression")
+        return "".join(expression.split()) if isinstance(expression, str) else self.prompt
+
 
 def _json_default(o):
     if isinstance(o, (set, tuple)):
@@ -89,13 +96,13 @@ def _file_prompts(path: str) -> Iterator[Prompt]:
 def train_prompts(cfg: TaskConfig, shard: int = 0, num_shards: int = 1) -> Iterator[Prompt]:
     """The training prompt stream, shard `shard` of `num_shards`, without any held-out problem.
 
-    The eval set is drawn first and every training prompt with the same text is skipped, so the
+    The eval set is drawn first and every training prompt of the same problem is skipped, so the
     two are disjoint by problem, not just by seed (small procedural spaces repeat problems)."""
     if cfg.prompts_file:
         source = _file_prompts(cfg.prompts_file)
     else:
-        held_out = {p.prompt for p in eval_prompts(cfg)}
-        source = (p for p in _rg_prompts(cfg, cfg.seed, cfg.size, "train") if p.prompt not in held_out)
+        held_out = {p.problem for p in eval_prompts(cfg)}
+        source = (p for p in _rg_prompts(cfg, cfg.seed, cfg.size, "train") if p.problem not in held_out)
     return itertools.islice(source, shard, None, num_shards)
 
 
@@ -107,9 +114,9 @@ def _distinct_eval_prompts(cfg: TaskConfig) -> tuple[Prompt, ...]:
     out: list[Prompt] = []
     # procedural spaces repeat problems: draw up to 4x the wanted number to collect distinct ones
     for p in _rg_prompts(cfg, cfg.eval_seed, 4 * cfg.eval_size, "eval"):
-        if p.prompt in seen:
+        if p.problem in seen:
             continue
-        seen.add(p.prompt)
+        seen.add(p.problem)
         out.append(p)
         if len(out) == cfg.eval_size:
             break
