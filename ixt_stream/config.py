@@ -246,7 +246,8 @@ class StreamConfig:
     """Learner steps between weight pushes."""
     weight_transport: str = "filesystem"
     """filesystem (safetensors under `run_dir/weights`, shared folder) | collective (broadcast over a
-    gloo / NCCL process group of the learner and the generators; see weights/collective.py)"""
+    gloo / NCCL process group of the learner and the generators; see weights/collective.py) | shm
+    (a /dev/shm segment per version, generators on the learner's node; see weights/shm.py)"""
     collective_host: str = ""
     """collective: the learner's address, where its rendezvous store listens; empty = `host`."""
     collective_port: int = 5605
@@ -426,8 +427,8 @@ def validate(cfg: IxtConfig) -> IxtConfig:
     check(cfg.generator.samples_per_prompt >= 1, "generator.samples_per_prompt", "must be >= 1")
     check(cfg.stream.sync_every >= 1, "stream.sync_every", "must be >= 1")
     check(cfg.stream.max_version_lag >= 0, "stream.max_version_lag", "must be >= 0")
-    check(cfg.stream.weight_transport in ("filesystem", "collective"), "stream.weight_transport",
-          "must be filesystem or collective")
+    check(cfg.stream.weight_transport in ("filesystem", "collective", "shm"), "stream.weight_transport",
+          "must be filesystem, collective or shm")
     check(cfg.stream.keep_weight_versions >= 1, "stream.keep_weight_versions", "must be >= 1")
     check(0 <= cfg.generator.index < cfg.generator.num_generators, "generator.index",
           f"must be in [0, generator.num_generators={cfg.generator.num_generators})")
