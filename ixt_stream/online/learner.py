@@ -179,7 +179,7 @@ def run(cfg: IxtConfig, stop: threading.Event) -> dict:
             if metrics["train/applied"] and learner.step % sc.sync_every == 0:
                 t0 = time.perf_counter()
                 version += 1
-                publisher.publish(learner.full_state_dict(), version, learner.step)
+                publisher.publish(learner.full_state_dict(publisher.dtype, copy=False), version, learner.step)
                 pushes.append(time.perf_counter() - t0)
             if lc.save_every and metrics["train/applied"] and learner.step % lc.save_every == 0:
                 learner.save_checkpoint(ckpt_dir)

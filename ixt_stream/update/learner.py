@@ -204,12 +204,16 @@ class Learner:
 
     # -- weights out ------------------------------------------------------------------------------
 
-    def full_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    def full_state_dict(self, dtype: torch.dtype | None = None, copy: bool = True) -> dict[str, torch.Tensor]:
         """Every parameter, whole and on the CPU: the fp32 master weights, cast to `dtype` if given.
 
         Works for every ZeRO stage; under ZeRO-1/2/3 it is a collective (every rank must call it).
-        Tensors are copies, safe to hand to another thread while training goes on. Tied weights
-        appear once (e.g. no `lm_head.weight` when it is tied to the embeddings).
+        With `copy` (the default) tensors are copies, safe to hand to another thread while training
+        goes on. Without it, ZeRO-0 on the CPU hands out the live tensors where they already are
+        what was asked for (the fp32 masters, or the module's bf16 parameters, which DeepSpeed sets
+        to the masters rounded to bf16 after every step, so they equal the cast bit for bit): valid
+        until the next `train_step`, for a caller that reads them at once (a weight publish).
+        Tied weights appear once (e.g. no `lm_head.weight` when it is tied to the embeddings).
         """
         from deepspeed.utils import safe_get_full_fp32_param
 
@@ -221,12 +225,17 @@ class Learner:
             opt = self.engine.optimizer
             masters = {id(lp): hp for lps, hps in zip(opt.fp16_groups, opt.fp32_groups, strict=True)
                        for lp, hp in zip(lps, hps, strict=True)}
+        want = dtype or torch.float32
         out = {}
         for name, param in self.engine.module.named_parameters():
+            if not copy and self.zero_stage == 0 and param.device.type == "cpu" and param.dtype == want:
+                out[name] = param.detach()  # bf16 compute copy == cast masters; fp32 ZeRO-0: the masters
+                continue
             full = safe_get_full_fp32_param(param)
             if full is None:  # ZeRO-0: the optimizer's master copy, or (fp32) the module itself
                 full = masters.get(id(param), param).detach()
-            out[name] = full.to(device="cpu", dtype=dtype or torch.float32, copy=True)
+            out[name] = full if not copy and full.dtype == want and full.device.type == "cpu" else full.to(
+                device="cpu", dtype=want, copy=True)
         return out
 
     def save_hf(self, folder: str | Path) -> Path:

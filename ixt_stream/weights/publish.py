@@ -103,8 +103,11 @@ def write_latest(root: Path, wv: WeightVersion) -> None:
 class WeightPublisher:
     """Writes a version with its `WeightWriter`, records it in LATEST, announces it on PUB."""
 
-    def __init__(self, writer: WeightWriter, announce: sockets.Sender, root: str | Path):
+    def __init__(self, writer: WeightWriter, announce: sockets.Sender, root: str | Path,
+                 dtype: torch.dtype | None = None):
         self.writer, self.announce, self.root = writer, announce, Path(root)
+        self.dtype = dtype
+        """The dtype versions are published in (None = the learner's): ask the learner for it."""
         self.root.mkdir(parents=True, exist_ok=True)
 
     def publish(self, state_dict: Mapping[str, torch.Tensor], version: int, step: int) -> WeightVersion:
@@ -141,4 +144,4 @@ def publisher(cfg: StreamConfig, run_dir: str, run_id: str) -> WeightPublisher:
         writer = ShmWriter(run_tag(run_id, root), dtype)
     else:
         writer = FilesystemWriter(root, keep=cfg.keep_weight_versions, dtype=dtype)
-    return WeightPublisher(writer, sockets.sender(cfg, "weights", run_id), root)
+    return WeightPublisher(writer, sockets.sender(cfg, "weights", run_id), root, dtype)

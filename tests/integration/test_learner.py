@@ -55,6 +55,20 @@ def test_loss_falls(tiny_model_dir, batch, zero_stage, dtype):
         assert not torch.equal(w, w.bfloat16().float())
 
 
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_uncopied_state_dict_equals_the_cast_masters(tiny_model_dir, batch, dtype):
+    """What a publish reads without a copy (live tensors) is bit for bit the cast of the masters."""
+    learner = Learner(tiny_model_dir, zero_stage=0, dtype=dtype, lr=3e-3)
+    for _ in range(2):
+        learner.train_step(batch)
+    for want in (torch.bfloat16, torch.float32):
+        copied, live = learner.full_state_dict(want), learner.full_state_dict(want, copy=False)
+        assert _same(copied, live) and all(v.dtype == want for v in live.values())
+        if learner.dtype == want:  # the module's own parameters, handed out as they are
+            assert all(v.data_ptr() == p.data_ptr() for v, p in zip(
+                live.values(), learner.engine.module.parameters(), strict=True))
+
+
 def test_loss_matches_full_logits(tiny_model_dir, batch):
     """The learner runs its LM head on loss columns only; the loss must equal the full-logits one."""
     from transformers import AutoModelForCausalLM
