@@ -40,7 +40,8 @@ CHUNK = 4 << 20
 RUN_ID = "bench-weights"
 
 
-TRANSPORTS = ("filesystem", "shm", "collective")
+TRANSPORTS = ("collective", "filesystem", "shm")
+"""In this order: a generator started later catches up from LATEST, which a collective version is not."""
 
 
 def stream_overrides(run_dir: Path, model: str, ports: list[int]) -> list[str]:
@@ -104,7 +105,11 @@ def generator_worker(argv: list[str], name: str) -> None:
         first = False
         heard = time.time()
         t0 = time.perf_counter()
-        state_dict = reader.read(wv)  # what WeightApplier.apply does, timed apart
+        try:
+            state_dict = reader.read(wv)  # what WeightApplier.apply does, timed apart
+        except apply.WeightRefused as e:
+            print(f"{name}: refused v{wv.version}: {e}", file=sys.stderr, flush=True)
+            continue
         t1 = time.perf_counter()
         engine.reload_weights(state_dict=state_dict)
         t2 = time.perf_counter()

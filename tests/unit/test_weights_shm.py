@@ -18,9 +18,9 @@ import uuid
 from dataclasses import asdict
 from pathlib import Path
 
-import blake3
 import pytest
 import torch
+import xxhash
 
 from ixt_stream.config import StreamConfig
 from ixt_stream.types import WeightVersion
@@ -45,7 +45,7 @@ def test_round_trip_casts_on_the_way_in_and_maps_without_copying(tag):
     uri, digest, size = writer.write(sd, version=1)
     path = Path(uri)
     assert path.parent == shm.SHM_DIR and path.stat().st_size == size
-    assert digest == blake3.blake3(path.read_bytes()).hexdigest()  # the digest made while writing
+    assert digest == xxhash.xxh3_128(path.read_bytes()).hexdigest()  # the digest made while writing
     wv = WeightVersion(version=1, step=1, uri=uri, digest=digest, num_bytes=size, published_at=0.0,
                                transport="shm")
     got = reader.read(wv)
@@ -74,6 +74,26 @@ def test_only_two_segments_stay_and_a_reader_keeps_an_unlinked_one(tag):
         reader.read(announced[1])  # unlinked before anyone opened it: refused, the next one supersedes
     writer.close()
     assert shm.segments(tag) == []
+
+
+def test_the_writer_recycles_a_segment_only_when_no_reader_maps_it(tag):
+    writer, reader = shm.ShmWriter(tag), shm.ShmReader(tag)
+
+    def write(v):
+        uri, digest, size = writer.write(state_dict(seed=v), v)
+        return WeightVersion(v, v, uri, digest, size, 0.0, "shm"), os.stat(uri).st_ino
+
+    (wv1, ino1), (_, ino2) = write(1), write(2)
+    held = reader.read(wv1)  # v1 mapped (and share-locked) by a generator
+    _, ino3 = write(3)
+    assert ino3 != ino1  # not overwritten under the reader: a fresh segment instead
+    for name, t in held.items():
+        assert torch.equal(t, state_dict(seed=1)[name])
+    del held, t  # the mapping, and its lock, go with the views
+    (wv4, ino4) = write(4)
+    assert ino4 == ino2  # v2 was mapped by no one: its pages were reused
+    assert all(torch.equal(t, state_dict(seed=4)[k]) for k, t in reader.read(wv4).items())
+    writer.close()
 
 
 def test_bad_segments_are_refused(tag):
@@ -169,7 +189,7 @@ def test_kill9_writer_leaves_nothing_once_a_reader_or_the_next_writer_cleans_up(
         finally:
             kill9(proc)
         left = [p.name for p in shm.segments(tag)]
-        assert len(left) == 3 and sum(n.endswith(".tmp") for n in left) == 1  # v1, v2 and v3's temporary
+        assert len(left) == 2 and sum(n.endswith(".tmp") for n in left) == 1  # v2, and v1 recycled into v3's temporary
         if cleaner == "reader":
             shm.ShmReader(tag).close()  # a surviving generator shutting down
             assert shm.segments(tag) == []
