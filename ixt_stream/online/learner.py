@@ -155,7 +155,7 @@ def run(cfg: IxtConfig, stop: threading.Event) -> dict:
 
     # -- train ------------------------------------------------------------------------------------
     started, busy, pushes, samples_trained = time.perf_counter(), 0.0, [], 0
-    groups = pack(fresh(), lc.tokens_per_batch, lc.max_samples_per_batch)
+    groups = pack(fresh(), lc.tokens_per_batch, lc.max_samples_per_batch, lc.row_tokens)
     try:
         for group in groups:
             if learner.step >= lc.max_steps:
@@ -167,7 +167,7 @@ def run(cfg: IxtConfig, stop: threading.Event) -> dict:
             for s in group:
                 staleness[version - s.sample.weight_version] += 1
             t0 = time.perf_counter()
-            metrics = learner.train_step(collate(group, pad_id))
+            metrics = learner.train_step(collate(group, pad_id, lc.row_tokens))
             busy += time.perf_counter() - t0
             ids = [s.sample.sample_id for s in group]
             if metrics["train/applied"]:

@@ -161,8 +161,10 @@ class Learner:
         # The LM head runs only on the columns where some sample has a target: feedback and prompt
         # columns carry no loss, and a 49k-vocab head over them is a fifth of SmolLM2's FLOPs.
         cols = (on_device.targets != IGNORE).any(0).nonzero().squeeze(1)
-        logits = self.engine(input_ids=on_device.input_ids, attention_mask=on_device.attention_mask,
-                             use_cache=False, logits_to_keep=cols).logits
+        # Packed rows carry position ids and no mask: the model then masks attention per sample.
+        rows = ({"attention_mask": on_device.attention_mask} if on_device.position_ids is None
+                else {"position_ids": on_device.position_ids})
+        logits = self.engine(input_ids=on_device.input_ids, use_cache=False, logits_to_keep=cols, **rows).logits
         loss, stats = token_loss(logits, on_device.targets[:, cols])
         del logits
         grad_norm = math.nan
@@ -195,7 +197,7 @@ class Learner:
             "train/loss_tokens": stats["loss/tokens"],
             "train/tokens": float(batch.num_tokens),
             "train/padded_tokens": float(batch.num_padded_tokens),
-            "train/samples": float(batch.input_ids.shape[0]),
+            "train/samples": float(batch.num_samples),
             "train/grad_norm": grad_norm,
             "train/lr": lr,
             "train/step_s": seconds,
