@@ -41,6 +41,7 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 @pytest.mark.parametrize("zero_stage,dtype", [(0, "bf16"), (0, "fp32"), (2, "bf16")])
 def test_loss_falls(tiny_model_dir, batch, zero_stage, dtype):
     learner = Learner(tiny_model_dir, zero_stage=zero_stage, dtype=dtype, lr=3e-3)
+    assert learner._optimizer.defaults["fused"]  # the fused AdamW kernel, under DeepSpeed's wrapper
     # Gathered whole. DeepSpeed casts the module to bf16 before it copies the fp32 masters, so
     # under bf16 training starts from the bf16-rounded checkpoint.
     start = {k: v.to(learner.dtype).float() for k, v in _disk_weights(tiny_model_dir).items()}
