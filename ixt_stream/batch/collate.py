@@ -7,13 +7,12 @@
 never needs to know about shifting or masks. Two layouts:
 
 - padded (`row_tokens=0`): one sample per row, right-padded to the longest;
-- packed (`row_tokens>0`): several samples per row, as few rows of at most `row_tokens` as fit,
-  balanced (longest sample first onto the least-filled row) so rows end close together and padding
-  is a few percent. `position_ids` restart at 0 for each sample; the model, given position ids, no
-  attention mask and no KV cache (`use_cache=False`: with a cache transformers 5.19 skips this),
-  attends only within each sample (`masking_utils.find_packed_sequence_indices` builds the
-  block-diagonal causal mask), so samples never see each other and the loss equals the padded
-  layout's.
+- packed (`row_tokens>0`): several samples per row, rows of at most `row_tokens`, laid out
+  (`rows_for`) so rows end close together and padding is a few percent. `position_ids` restart
+  at 0 for each sample; the model, given position ids, no attention mask and no KV cache
+  (`use_cache=False`: with a cache transformers 5.19 skips this), attends only within each
+  sample (`masking_utils.find_packed_sequence_indices` builds the block-diagonal causal mask),
+  so samples never see each other and the loss equals the padded layout's.
 
 In both, per sample:
 
@@ -111,24 +110,34 @@ def pack(
         yield group
 
 
+def _first_fit(order: list[int], lengths: list[int], width: int) -> list[list[int]]:
+    rows: list[list[int]] = []
+    loads: list[int] = []
+    for i in order:
+        j = next((j for j, load in enumerate(loads) if load + lengths[i] <= width), len(rows))
+        if j == len(rows):
+            rows.append([])
+            loads.append(0)
+        rows[j].append(i)
+        loads[j] += lengths[i]
+    return rows
+
+
 def rows_for(lengths: list[int], row_tokens: int) -> list[list[int]]:
-    """Sample indices per row: the fewest rows of at most `row_tokens` that a balanced fill (longest
-    first, each onto the least-filled row) fits; arrival order kept within a row."""
+    """Sample indices per row, at most `row_tokens` per row, laid out so that rows x longest row
+    (the tensor's size) is smallest: first-fit decreasing into rows of each width from the longest
+    sample up to `row_tokens` (steps of 8), the narrowest of the best kept; arrival order kept
+    within a row."""
     if max(lengths) > row_tokens:
         raise ValueError(f"a {max(lengths)}-token sample does not fit a {row_tokens}-token row")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    num_rows = max(1, -(-sum(lengths) // row_tokens))
-    while True:  # ends: with one row per sample every sample fits
-        rows, loads = [[] for _ in range(num_rows)], [0] * num_rows
-        for i in order:
-            j = min(range(num_rows), key=loads.__getitem__)
-            if loads[j] + lengths[i] > row_tokens:
-                break
-            rows[j].append(i)
-            loads[j] += lengths[i]
-        else:
-            return [sorted(r) for r in rows if r]
-        num_rows += 1
+    best, best_size = None, None
+    for width in [*range(max(lengths), row_tokens, 8), row_tokens]:
+        rows = _first_fit(order, lengths, width)
+        size = len(rows) * max(sum(lengths[i] for i in r) for r in rows)
+        if best_size is None or size < best_size:
+            best, best_size = rows, size
+    return [sorted(r) for r in best]
 
 
 def _targets(s: ConditionedSample, ids: torch.Tensor) -> torch.Tensor:
