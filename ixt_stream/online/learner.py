@@ -93,6 +93,7 @@ class Prefetcher(threading.Thread):
 def run(cfg: IxtConfig, stop: threading.Event) -> dict:
     """Train until `learner.max_steps` or `stop`; returns the final summary."""
     from ixt_stream.batch.collate import collate, pack
+    from ixt_stream.batch.staleness import is_stale
     from ixt_stream.update import checkpoint_integrity as integrity
     from ixt_stream.update.learner import Learner
     from ixt_stream.weights import publish
@@ -130,11 +131,11 @@ def run(cfg: IxtConfig, stop: threading.Event) -> dict:
 
     def drop_stale(samples: list[ConditionedSample]) -> list[ConditionedSample]:
         """The samples within `max_version_lag` of the newest version; the others are ledgered."""
-        stale = [s for s in samples if version - s.sample.weight_version > sc.max_version_lag]
+        stale = [s for s in samples if is_stale(s.sample.weight_version, version, sc.max_version_lag)]
         if stale:
             drops["stale"] += len(stale)
             ledger.dropped([(s.sample.sample_id, "stale") for s in stale])
-        return [s for s in samples if version - s.sample.weight_version <= sc.max_version_lag]
+        return [s for s in samples if not is_stale(s.sample.weight_version, version, sc.max_version_lag)]
 
     def fresh():
         """Samples worth training on now, in arrival order; drops are ledgered."""
