@@ -203,7 +203,8 @@ def memcpy_floor(nbytes: int, repeat: int = 5) -> float:
 # -- one model size ----------------------------------------------------------------------------
 
 
-def measure_size(model: str, repeats: int, work: Path) -> dict:
+def measure_size(model: str, repeats: int, work: Path, learner_dtype: str = "bf16", counts=(1, 2)) -> dict:
+    """One model size; `learner_dtype` fp32 only where bf16 steps are too slow to bench (no AVX-512 BF16)."""
     import hashlib
 
     import blake3
@@ -223,7 +224,7 @@ def measure_size(model: str, repeats: int, work: Path) -> dict:
     cfg = load(argv)
     model_dir = models.resolve(cfg.model)
     torch.set_num_threads(1)
-    learner = Learner(model_dir, zero_stage=0, dtype="bf16", lr=1e-6, threads=1)
+    learner = Learner(model_dir, zero_stage=0, dtype=learner_dtype, lr=1e-6, threads=1)
     batch = collate([realistic_conditioned(i) for i in range(2)], models.load_tokenizer(model_dir).pad_token_id)
     root, dtype = run_dir / "weights", torch.bfloat16
     announce = sockets.sender(cfg.stream, "weights", RUN_ID)
@@ -245,7 +246,7 @@ def measure_size(model: str, repeats: int, work: Path) -> dict:
         w.write = timed_write
     procs, results, version, up = [], {}, 0, set()
     try:
-        for n in (1, 2):
+        for n in counts:
             procs.append(start_generator(argv, f"gen{n - 1}", run_dir))
             deadline = time.time() + 600
             while len(up) < n:  # a new generator acks version 0, or applies LATEST and acks it
@@ -288,7 +289,7 @@ def measure_size(model: str, repeats: int, work: Path) -> dict:
                 med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
                 results[n][transport] = {"median": med, "rounds": rounds}
         nbytes = int(results[1]["shm"]["median"]["num_bytes"])
-        full_repack = statistics.median(r["full_repack_s"] for name in ("gen0", "gen1")
+        full_repack = statistics.median(r["full_repack_s"] for name in (f"gen{i}" for i in range(max(counts)))
                                         for r in read_jsonl(run_dir / f"bench-{name}.jsonl") if "full_repack_s" in r)
         sd = learner.full_state_dict(dtype, copy=False)
         payload = b"".join(bytes(t.contiguous().view(torch.uint8).numpy()) for t in sd.values())
