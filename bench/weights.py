@@ -24,6 +24,7 @@ one call's time).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -225,7 +226,10 @@ def measure_size(model: str, repeats: int, work: Path, learner_dtype: str = "bf1
     model_dir = models.resolve(cfg.model)
     torch.set_num_threads(1)
     learner = Learner(model_dir, zero_stage=0, dtype=learner_dtype, lr=1e-6, threads=1)
-    batch = collate([realistic_conditioned(i) for i in range(2)], models.load_tokenizer(model_dir).pad_token_id)
+    # A short sample: the step only has to change every weight; its size is not what is measured.
+    full = realistic_conditioned(0)
+    short = dataclasses.replace(full, input_ids=full.input_ids[:32], loss_mask=[0] * 16 + [1] * 16)
+    batch = collate([short], models.load_tokenizer(model_dir).pad_token_id)
     root, dtype = run_dir / "weights", torch.bfloat16
     announce = sockets.sender(cfg.stream, "weights", RUN_ID)
     writers = {
