@@ -1,7 +1,7 @@
 """Weight versions through shared memory, for generators on the learner's node. Both ends.
 
 `stream.weight_transport=shm`: `ShmWriter` (learner, a `publish.WeightWriter`) casts each tensor
-straight into a fresh `/dev/shm` segment, one per version, hashing each chunk while it is still in
+straight into a `/dev/shm` segment, one per version, hashing each chunk while it is still in
 cache; `ShmReader` (generator, an `apply.WeightReader`) maps the segment, checks size and digest
 against the announcement, and hands the engine views into the mapping: no file on disk, no
 serialisation, no copy between the segment and `reload_weights`. Announcements, LATEST and acks
@@ -29,7 +29,10 @@ leaks nothing: its mappings and locks go with it.
 
 Left out: generators on other nodes (use `filesystem` or `collective`); GPU generators (the views
 are CPU memory; vLLM copies them to the device in `reload_weights`); detecting a reused pid of a
-dead writer (its segments then wait for the next start or close).
+dead writer (its segments then wait for the next start or close); a generator started after a
+restarted learner swept the old segments and before its first publish (LATEST names a swept
+segment: refused as `missing`; it serves its initial weights until that publish, as with
+`collective`).
 """
 
 from __future__ import annotations
