@@ -9,8 +9,9 @@ each announcement names its transport.
 Generator side: real processes (`python -m bench.weights --gen ...`), each an in-process vLLM
 `Engine` with the real readers on the real SUB socket, doing what `WeightApplier.apply` does
 between engine calls, timed apart: hear the announcement, read + verify (the transport's reader),
-`Engine.reload_weights` (load: the copy into the engine with vLLM rebuilding the handles of the
-layers it loads; repack: the handles it left stale, i.e. the tied LM head), then a `WeightAck`.
+`Engine.reload_weights` (`Engine.last_reload`: load = the copy into the parameters, repack = every
+CPU linear handle, for a payload that maps 1:1; otherwise vLLM's reload, then the handles it left
+stale), then a `WeightAck`.
 End to end = gather start -> the last generator's ack received.
 
 Floor, same payload bytes: one memcpy (what an engine must at least copy into its parameters)
