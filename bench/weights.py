@@ -44,6 +44,8 @@ RUN_ID = "bench-weights"
 
 TRANSPORTS = ("collective", "filesystem", "shm")
 """In this order: a generator started later catches up from LATEST, which a collective version is not."""
+WARMUP = 2
+"""Untimed rounds per transport: steady state (the group formed, shm's two segments to recycle)."""
 
 
 def stream_overrides(run_dir: Path, model: str, ports: list[int]) -> list[str]:
@@ -264,7 +266,7 @@ def measure_size(model: str, repeats: int, work: Path, learner_dtype: str = "bf1
             results[n] = {}
             for transport in TRANSPORTS:
                 rounds = []
-                for _ in range(repeats):
+                for _ in range(WARMUP + repeats):
                     learner.train_step(batch)  # the optimizer step whose result is pushed
                     version += 1
                     t0 = time.perf_counter()
@@ -291,6 +293,7 @@ def measure_size(model: str, repeats: int, work: Path, learner_dtype: str = "bf1
                         **{k: max(r[k] for r in lines) for k in ("read_verify_s", "load_s", "repack_s", "repacked")},
                         "end_to_end_s": t3 - t0, "num_bytes": wv.num_bytes,
                     })
+                rounds = rounds[WARMUP:]
                 med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
                 results[n][transport] = {"median": med, "rounds": rounds}
         nbytes = int(results[1]["shm"]["median"]["num_bytes"])
