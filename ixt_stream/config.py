@@ -192,8 +192,12 @@ class LearnerConfig:
     """Stop after this many applied optimizer steps. `ixt train` also stops after `epochs`, and
     reads 0 as no limit."""
     tokens_per_batch: int = 4096
-    """Token budget of one optimizer step (padded tokens count)."""
+    """Token budget of one optimizer step (padded tokens count; real ones with `row_tokens`)."""
     max_samples_per_batch: int = 64
+    row_tokens: int = 0
+    """Pack samples into rows of at most this many tokens, each attending only to itself (no
+    padding between samples); 0 = one sample per row, right-padded. The batch budget then counts
+    real tokens. Must be >= condition.max_seq_len. Used by the online learner (`ixt train` pads)."""
     grad_clip: float = 1.0
     threads: int = 1
     """torch intra-op threads of the learner process."""
@@ -257,7 +261,8 @@ class StreamConfig:
     """Learner steps between weight pushes."""
     weight_transport: str = "filesystem"
     """filesystem (safetensors under `run_dir/weights`, shared folder) | collective (broadcast over a
-    gloo / NCCL process group of the learner and the generators; see weights/collective.py)"""
+    gloo / NCCL process group of the learner and the generators; see weights/collective.py) | shm
+    (a /dev/shm segment per version, generators on the learner's node; see weights/shm.py)"""
     collective_host: str = ""
     """collective: the learner's address, where its rendezvous store listens; empty = `host`."""
     collective_port: int = 5605
@@ -447,12 +452,16 @@ def validate(cfg: IxtConfig) -> IxtConfig:
     check(cfg.learner.tokens_per_batch >= cfg.condition.max_seq_len, "learner.tokens_per_batch",
           f"must be >= condition.max_seq_len ({cfg.condition.max_seq_len}) so every sample fits a batch")
     check(cfg.learner.max_samples_per_batch >= 1, "learner.max_samples_per_batch", "must be >= 1")
+    check(cfg.learner.row_tokens == 0 or cfg.condition.max_seq_len <= cfg.learner.row_tokens
+          <= cfg.learner.tokens_per_batch, "learner.row_tokens",
+          f"must be 0 (no packing) or in [condition.max_seq_len ({cfg.condition.max_seq_len}), "
+          f"learner.tokens_per_batch ({cfg.learner.tokens_per_batch})] so every sample fits a row")
     check(cfg.generator.num_generators >= 1, "generator.num_generators", "must be >= 1")
     check(cfg.generator.samples_per_prompt >= 1, "generator.samples_per_prompt", "must be >= 1")
     check(cfg.stream.sync_every >= 1, "stream.sync_every", "must be >= 1")
     check(cfg.stream.max_version_lag >= 0, "stream.max_version_lag", "must be >= 0")
-    check(cfg.stream.weight_transport in ("filesystem", "collective"), "stream.weight_transport",
-          "must be filesystem or collective")
+    check(cfg.stream.weight_transport in ("filesystem", "collective", "shm"), "stream.weight_transport",
+          "must be filesystem, collective or shm")
     check(cfg.stream.keep_weight_versions >= 1, "stream.keep_weight_versions", "must be >= 1")
     check(0 <= cfg.generator.index < cfg.generator.num_generators, "generator.index",
           f"must be in [0, generator.num_generators={cfg.generator.num_generators})")

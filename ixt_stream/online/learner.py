@@ -157,6 +157,7 @@ def resume(learner, ledger: Ledger, run_dir: Path, lc: LearnerConfig) -> int:
 def run(cfg: IxtConfig, stop: threading.Event) -> dict:
     """Train until `learner.max_steps` or `stop`; returns the final summary."""
     from ixt_stream.batch.collate import collate, pack
+    from ixt_stream.batch.staleness import is_stale
     from ixt_stream.condition import FeedbackCounter, record
     from ixt_stream.update.learner import Learner
     from ixt_stream.weights import publish
@@ -190,11 +191,11 @@ def run(cfg: IxtConfig, stop: threading.Event) -> dict:
 
     def drop_stale(samples: list[ConditionedSample]) -> list[ConditionedSample]:
         """The samples within `max_version_lag` of the newest version; the others are ledgered."""
-        stale = [s for s in samples if version - s.sample.weight_version > sc.max_version_lag]
+        stale = [s for s in samples if is_stale(s.sample.weight_version, version, sc.max_version_lag)]
         if stale:
             drops["stale"] += len(stale)
             ledger.dropped([(s.sample.sample_id, "stale") for s in stale])
-        return [s for s in samples if version - s.sample.weight_version <= sc.max_version_lag]
+        return [s for s in samples if not is_stale(s.sample.weight_version, version, sc.max_version_lag)]
 
     def fresh():
         """Samples worth training on now, in arrival order; drops are ledgered."""
@@ -215,7 +216,7 @@ def run(cfg: IxtConfig, stop: threading.Event) -> dict:
 
     # -- train ------------------------------------------------------------------------------------
     started, busy, pushes, samples_trained = time.perf_counter(), 0.0, [], 0
-    groups = pack(fresh(), lc.tokens_per_batch, lc.max_samples_per_batch)
+    groups = pack(fresh(), lc.tokens_per_batch, lc.max_samples_per_batch, lc.row_tokens)
     try:
         for group in groups:
             if learner.step >= lc.max_steps:
@@ -227,7 +228,7 @@ def run(cfg: IxtConfig, stop: threading.Event) -> dict:
             for s in group:
                 staleness[version - s.sample.weight_version] += 1
             t0 = time.perf_counter()
-            metrics = learner.train_step(collate(group, pad_id))
+            metrics = learner.train_step(collate(group, pad_id, lc.row_tokens))
             busy += time.perf_counter() - t0
             ids = [s.sample.sample_id for s in group]
             if metrics["train/applied"]:
@@ -241,7 +242,7 @@ def run(cfg: IxtConfig, stop: threading.Event) -> dict:
             if metrics["train/applied"] and learner.step % sc.sync_every == 0:
                 t0 = time.perf_counter()
                 version += 1
-                publisher.publish(learner.full_state_dict(), version, learner.step,
+                publisher.publish(learner.full_state_dict(publisher.dtype, copy=False), version, learner.step,
                                   trained_feedback.most_frequent(Label.GOOD))
                 pushes.append(time.perf_counter() - t0)
             if lc.save_every and metrics["train/applied"] and learner.step % lc.save_every == 0:

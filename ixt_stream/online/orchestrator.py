@@ -11,7 +11,11 @@ critique that fails for good (after the client's retries) is dropped with reason
 `critique_failed`; a sample too long for `condition.max_seq_len` with `too_long`; under
 `condition.leak_policy=drop`, one whose critique gives the answer away with `feedback_leak` (under
 the other policies leaks are only counted: `critique/leak_fraction`). All go to the ledger,
-so no sample is trained without a critique or lost silently. When the reward service
+so no sample is trained without a critique or lost silently. A sample already stale
+(`batch.staleness`: the learner would drop it, whatever comes next) is dropped before its critique
+with reason `stale_before_critique`, so no critique is paid for a sample that cannot be trained;
+the newest version comes from the learner's weight announcements (a restarted orchestrator starts
+checking at the next one; the learner enforces the bound in any case). When the reward service
 stays down through every retry (a crash and restart), the stream ends with `CritiqueError`: the
 orchestrator waits for the service's health to say SERVING again (up to `client.ready_timeout_s`)
 and opens a new stream that first resends every sample taken off the socket but not yet answered.
@@ -27,6 +31,7 @@ from collections import deque
 from pathlib import Path
 
 from ixt_stream import models
+from ixt_stream.batch.staleness import is_stale
 from ixt_stream.condition import Conditioner, Rejected
 from ixt_stream.config import IxtConfig
 from ixt_stream.critique.client import RETRYABLE, CritiqueError, RewardClient
@@ -48,9 +53,12 @@ async def run(cfg: IxtConfig, stop: asyncio.Event) -> dict:
     ledger = Ledger(Path(run_dir) / "ledger.sqlite")
     samples = sockets.receiver(cfg.stream, "samples", cfg.run.run_id)
     out = sockets.sender(cfg.stream, "conditioned", cfg.run.run_id)
+    weights = sockets.receiver(cfg.stream, "weights", cfg.run.run_id)
+    newest = [0]
+    """The newest weight version announced by the learner (0 until the first announcement)."""
     sink = MetricsSink(run_dir, NAME, prometheus_port=cfg.run.metrics_port)
     counts = {"received": 0, "conditioned": 0, "critique_failed": 0, "too_long": 0, "feedback_leak": 0,
-              "feedback_leaks": 0, "stream_restarts": 0}
+              "feedback_leaks": 0, "stream_restarts": 0, "stale_before_critique": 0}
     latency_ms: deque[float] = deque(maxlen=256)
     scores: deque[float] = deque(maxlen=256)
     started = time.perf_counter()
@@ -88,6 +96,11 @@ async def run(cfg: IxtConfig, stop: asyncio.Event) -> dict:
                 return  # stopping
             sample = receiving.pop().result()
             counts["received"] += 1
+            newest[0] = max([newest[0], *(wv.version for wv in weights.drain())])
+            if is_stale(sample.weight_version, newest[0], cfg.stream.max_version_lag):
+                counts["stale_before_critique"] += 1
+                ledger.dropped([(sample.sample_id, "stale_before_critique")])
+                continue
             pending[sample.sample_id] = sample
             yield sample
 
@@ -159,6 +172,7 @@ async def run(cfg: IxtConfig, stop: asyncio.Event) -> dict:
                                      "orchestrator/rejects": dict(samples.rejects)})
         sink.close()
         samples.close()
+        weights.close()
         out.close()
         ledger.close()
     return counts

@@ -16,8 +16,8 @@ Choices:
 - "bf16" is DeepSpeed's bf16 mode: the module computes in bf16, the optimizer keeps fp32 master
   weights. DeepSpeed casts the module to bf16 before copying the masters, so training starts
   from the bf16-rounded checkpoint. "fp32" is fp32 throughout.
-- The optimizer is torch.optim.AdamW handed to DeepSpeed as a client optimizer: DeepSpeed's own
-  cpu_adam / FusedAdam would JIT-compile for minutes on first use.
+- The optimizer is torch.optim.AdamW (fused=True) handed to DeepSpeed as a client optimizer:
+  DeepSpeed's own cpu_adam / FusedAdam would JIT-compile for minutes on first use.
 - The learning rate is set by hand each step from `step` (linear warmup, then constant), as
   nanoGPT does: no scheduler object, so resuming needs nothing but the step.
 - A step whose loss or gradient norm is NaN/inf changes no weight, optimizer state or learning
@@ -123,7 +123,9 @@ class Learner:
         """Optimizer updates applied so far (skipped steps excluded)."""
         self.skipped_steps = 0
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        self._optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        # fused: one kernel over all tensors (CPU too, torch >= 2.4): 4x faster than the for-loop
+        # AdamW on SmolLM2 on this CPU (0.41 s -> 0.1 s a step)
+        self._optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
         self.engine, *_ = deepspeed.initialize(
             model=model, optimizer=self._optimizer,
             config=deepspeed_config(zero_stage, dtype, grad_clip),
@@ -166,8 +168,10 @@ class Learner:
         # The LM head runs only on the columns where some sample has a target: feedback and prompt
         # columns carry no loss, and a 49k-vocab head over them is a fifth of SmolLM2's FLOPs.
         cols = (on_device.targets != IGNORE).any(0).nonzero().squeeze(1)
-        logits = self.engine(input_ids=on_device.input_ids, attention_mask=on_device.attention_mask,
-                             use_cache=False, logits_to_keep=cols).logits
+        # Packed rows carry position ids and no mask: the model then masks attention per sample.
+        rows = ({"attention_mask": on_device.attention_mask} if on_device.position_ids is None
+                else {"position_ids": on_device.position_ids})
+        logits = self.engine(input_ids=on_device.input_ids, use_cache=False, logits_to_keep=cols, **rows).logits
         loss, stats = token_loss(logits, on_device.targets[:, cols])
         del logits
         grad_norm = math.nan
@@ -200,7 +204,7 @@ class Learner:
             "train/loss_tokens": stats["loss/tokens"],
             "train/tokens": float(batch.num_tokens),
             "train/padded_tokens": float(batch.num_padded_tokens),
-            "train/samples": float(batch.input_ids.shape[0]),
+            "train/samples": float(batch.num_samples),
             "train/grad_norm": grad_norm,
             "train/lr": lr,
             "train/step_s": seconds,
@@ -209,12 +213,16 @@ class Learner:
 
     # -- weights out ------------------------------------------------------------------------------
 
-    def full_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    def full_state_dict(self, dtype: torch.dtype | None = None, copy: bool = True) -> dict[str, torch.Tensor]:
         """Every parameter, whole and on the CPU: the fp32 master weights, cast to `dtype` if given.
 
         Works for every ZeRO stage; under ZeRO-1/2/3 it is a collective (every rank must call it).
-        Tensors are copies, safe to hand to another thread while training goes on. Tied weights
-        appear once (e.g. no `lm_head.weight` when it is tied to the embeddings).
+        With `copy` (the default) tensors are copies, safe to hand to another thread while training
+        goes on. Without it, ZeRO-0 on the CPU hands out the live tensors where they already are
+        what was asked for (the fp32 masters, or the module's bf16 parameters, which DeepSpeed sets
+        to the masters rounded to bf16 after every step, so they equal the cast bit for bit): valid
+        until the next `train_step`, for a caller that reads them at once (a weight publish).
+        Tied weights appear once (e.g. no `lm_head.weight` when it is tied to the embeddings).
         """
         from deepspeed.utils import safe_get_full_fp32_param
 
@@ -226,12 +234,17 @@ class Learner:
             opt = self.engine.optimizer
             masters = {id(lp): hp for lps, hps in zip(opt.fp16_groups, opt.fp32_groups, strict=True)
                        for lp, hp in zip(lps, hps, strict=True)}
+        want = dtype or torch.float32
         out = {}
         for name, param in self.engine.module.named_parameters():
+            if not copy and self.zero_stage == 0 and param.device.type == "cpu" and param.dtype == want:
+                out[name] = param.detach()  # bf16 compute copy == cast masters; fp32 ZeRO-0: the masters
+                continue
             full = safe_get_full_fp32_param(param)
             if full is None:  # ZeRO-0: the optimizer's master copy, or (fp32) the module itself
                 full = masters.get(id(param), param).detach()
-            out[name] = full.to(device="cpu", dtype=dtype or torch.float32, copy=True)
+            out[name] = full if not copy and full.dtype == want and full.device.type == "cpu" else full.to(
+                device="cpu", dtype=want, copy=True)
         return out
 
     def save_hf(self, folder: str | Path) -> Path:

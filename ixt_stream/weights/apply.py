@@ -6,11 +6,12 @@ Announcements are drained and only the newest pending version is kept: a generat
 versions behind jumps straight to the latest. Its first poll also reads `run_dir/weights/LATEST`,
 because PUB does not replay announcements made before it connected.
 
-A payload is applied only if its size and SHA-256 match the announcement; a missing, truncated,
+A payload is applied only if its size and BLAKE3 digest match the announcement; a missing, truncated,
 mismatched or unreadable file is refused (logged, counted by reason in `WeightApplier.refused` and
 prometheus) and the engine keeps its current weights. The verified bytes themselves are loaded
 and handed to `Engine.reload_weights(state_dict=...)`, so nothing re-reads the file after the check.
-`collective.CollectiveReader` receives over a process group instead and is held to the same check.
+`collective.CollectiveReader` receives over a process group instead, `shm.ShmReader` maps a
+shared-memory segment; both are held to the same check.
 Left out: retrying a refused version (the next one supersedes it).
 """
 
@@ -30,19 +31,12 @@ from prometheus_client import Counter as PromCounter
 from ixt_stream.config import StreamConfig
 from ixt_stream.stream import sockets
 from ixt_stream.types import WeightAck, WeightVersion
+from ixt_stream.weights.base import WeightRefused
 from ixt_stream.weights.publish import LATEST, WEIGHTS_FILE
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_REFUSED = PromCounter("ixt_weights_refused", "Weight versions refused by a generator", ["reason"])
-
-
-class WeightRefused(Exception):
-    """A payload that must not be applied; `reason` is a short counter key."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
 
 
 class WeightReader(Protocol):
@@ -162,6 +156,10 @@ def applier(cfg: StreamConfig, run_dir: str, run_id: str, generator_id: str) -> 
 
         reader = CollectiveReader(cfg.collective_host or cfg.host, cfg.collective_port, generator_id,
                                   cfg.collective_timeout_s, cfg.collective_backend)
+    elif cfg.weight_transport == "shm":
+        from ixt_stream.weights.shm import ShmReader, run_tag
+
+        reader = ShmReader(run_tag(run_id, root))
     else:
         reader = FilesystemReader(root)
     return WeightApplier(reader, sockets.receiver(cfg, "weights", run_id), root, generator_id)

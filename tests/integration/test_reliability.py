@@ -27,7 +27,7 @@ from ixt_stream.update import checkpoint_integrity as integrity
 from tests.integration.test_online_faults import _learner_step, _wait
 from tests.integration.test_online_loop import _overrides
 
-EXPECTED_DROPS = {"stale", "shutdown", "too_long", "rolled_back"}
+EXPECTED_DROPS = {"stale", "stale_before_critique", "shutdown", "too_long", "rolled_back"}
 
 
 def _kill9(run_dir, name: str) -> None:

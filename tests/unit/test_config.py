@@ -24,6 +24,8 @@ def test_every_shipped_option_composes(option):
     ("learner.zero_stage=two", "learner.zero_stage"),
     ("learner.no_such_knob=1", "learner.no_such_knob"),
     ("condition.feedback_dropout=1.5", "condition.feedback_dropout"),
+    ("learner.row_tokens=100", "learner.row_tokens"),
+    ("stream.weight_transport=pigeon", "stream.weight_transport"),
 ])
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
