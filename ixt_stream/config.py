@@ -177,6 +177,7 @@ class LearnerConfig:
     dtype: str = "bf16"
     """bf16 | fp32 (bf16 = autocast-free DeepSpeed bf16 with fp32 master weights)."""
     lr: float = 1e-5
+    """Peak AdamW learning rate, reached after `warmup_steps` of linear warmup, then constant."""
     weight_decay: float = 0.0
     warmup_steps: int = 0
     max_steps: int = 100
@@ -439,29 +440,50 @@ def validate(cfg: IxtConfig) -> IxtConfig:
 CONFIG_DIR = __import__("pathlib").Path(__file__).resolve().parent.parent / "configs"
 
 
+def register_schema() -> None:
+    """Put IxtConfig in Hydra's ConfigStore as `ixt_schema`, the first default of configs/ixt.yaml."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="ixt_schema", node=IxtConfig)
+
+
+def describe(error: BaseException) -> str:
+    """One line for a config error: `<field>: <reason>` when OmegaConf names the field, else
+    Hydra's message on one line (an override it cannot parse, an unknown group option)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    cause = error if isinstance(error, OmegaConfBaseException) else error.__cause__
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        return f"{cause.full_key}: {str(cause.msg).splitlines()[0]}"
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    return text.split(" Config search path:")[0][:400] or type(error).__name__
+
+
 def load(overrides: list[str] | None = None, config_dir: str | None = None) -> IxtConfig:
     """Compose `configs/ixt.yaml` with command-line style overrides into a validated IxtConfig.
 
-    Unknown keys and wrong types fail here (Hydra checks against the dataclass schema).
+    Unknown keys and wrong types fail here (Hydra checks against the dataclass schema). The `ixt`
+    command line runs through Hydra's own entry instead (`ixt_stream.hydra_app`); this is for
+    library callers: worker processes, services started by path, tests.
     """
     from hydra import compose, initialize_config_dir
-    from hydra.core.config_store import ConfigStore
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    ConfigStore.instance().store(name="ixt_schema", node=IxtConfig)
+    register_schema()
     try:
         with initialize_config_dir(config_dir=str(config_dir or CONFIG_DIR), version_base="1.3"):
             node = compose(config_name="ixt", overrides=list(overrides or []))
         cfg = OmegaConf.to_object(node)
     except (HydraException, OmegaConfBaseException, ValueError) as e:
-        raise ConfigError(str(e)) from e
+        raise ConfigError(describe(e)) from e
     return validate(cfg)
 
 
 def load_or_exit(argv: list[str] | None = None) -> IxtConfig:
-    """`load` for command mains: a ConfigError is printed (naming the field) and exits with 2."""
+    """`load` for mains started by path (`python -m services.reward.main`): a ConfigError is
+    printed (naming the field) and exits with 2."""
     import sys
 
     try:

@@ -26,7 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ixt_stream.config import ConfigError, IxtConfig, load
+from ixt_stream.config import ConfigError, IxtConfig
 from ixt_stream.experiment.data import ARM_MODES, fingerprint, pool_name, worker_env
 from ixt_stream.experiment.eval_runs import result_path
 
@@ -189,10 +189,8 @@ def plan(cfg: IxtConfig, overrides: list[str]) -> list[Job]:
     return jobs
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def main(cfg: IxtConfig, overrides: list[str]) -> int:
     try:
-        cfg = load(argv)
         check(cfg)
     except ConfigError as e:
         sys.stderr.write(f"config error: {e}\n")
@@ -203,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "experiment.json").write_text(json.dumps(asdict(e), indent=1))
     t0 = time.monotonic()
-    jobs = plan(cfg, argv)
+    jobs = plan(cfg, overrides)
     print(f"experiment: {len(e.scales)} scales x {len(e.arms)} arms x {len(e.seeds)} seeds; "
           f"{len(jobs)} jobs to run, {e.workers} at a time -> {out}", flush=True)
     failed = run_jobs(jobs, e.workers)
@@ -220,5 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the same as `ixt experiment`
+    from ixt_stream.cli import main as cli_main
+
+    sys.exit(cli_main(["experiment", *sys.argv[1:]]))

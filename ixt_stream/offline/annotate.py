@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ixt_stream.config import ConfigError, IxtConfig, load_or_exit
+from ixt_stream.config import ConfigError, IxtConfig
 from ixt_stream.types import Critique, Sample
 
 log = logging.getLogger("ixt.annotate")
@@ -239,8 +239,7 @@ async def run_async(cfg: IxtConfig) -> Stats:
         return await annotate(samples, client, output, done)
 
 
-def main(argv: list[str] | None = None) -> int:
-    cfg = load_or_exit(argv)
+def main(cfg: IxtConfig, overrides: list[str]) -> int:
     logging.basicConfig(level=cfg.run.log_level, format="%(asctime)s %(levelname)s annotate: %(message)s")
     import uvloop
 
@@ -251,5 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if stats.failed else 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the same as `ixt annotate`
+    from ixt_stream.cli import main as cli_main
+
+    sys.exit(cli_main(["annotate", *sys.argv[1:]]))

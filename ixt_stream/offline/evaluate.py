@@ -22,7 +22,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ixt_stream.config import IxtConfig, load_or_exit
+from ixt_stream.config import IxtConfig
 
 log = logging.getLogger("ixt.eval")
 
@@ -121,8 +121,7 @@ def run(cfg: IxtConfig) -> dict:
             "tasks": list(cfg.task.names), **result}
 
 
-def main(argv: list[str] | None = None) -> int:
-    cfg = load_or_exit(argv)
+def main(cfg: IxtConfig, overrides: list[str]) -> int:
     logging.basicConfig(level=cfg.run.log_level, format="%(asctime)s %(levelname)s eval: %(message)s")
     report = run(cfg)
     out = Path(cfg.eval.output or Path(cfg.run.run_dir) / "eval.json")
@@ -135,5 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the same as `ixt eval`
+    from ixt_stream.cli import main as cli_main
+
+    sys.exit(cli_main(["eval", *sys.argv[1:]]))

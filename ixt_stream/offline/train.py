@@ -27,7 +27,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from ixt_stream.condition import Conditioner
-from ixt_stream.config import ConfigError, IxtConfig, load_or_exit
+from ixt_stream.config import ConfigError, IxtConfig
 from ixt_stream.types import ConditionedSample, Critique, Label, Sample
 
 log = logging.getLogger("ixt.train")
@@ -163,8 +163,7 @@ def train(cfg: IxtConfig) -> dict[str, float]:
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    cfg = load_or_exit(argv)
+def main(cfg: IxtConfig, overrides: list[str]) -> int:
     logging.basicConfig(level=cfg.run.log_level, format="%(asctime)s %(levelname)s train: %(message)s")
     try:
         summary = train(cfg)
@@ -175,5 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the same as `ixt train`
+    from ixt_stream.cli import main as cli_main
+
+    sys.exit(cli_main(["train", *sys.argv[1:]]))

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from ixt_stream.config import IxtConfig, load_or_exit
+from ixt_stream.config import IxtConfig
 from ixt_stream.ledger import Ledger
 from ixt_stream.online import supervisor
 
@@ -41,7 +41,7 @@ def _progress(cfg: IxtConfig) -> str:
             f" | busy {100 * s.get('learner/busy_fraction', 0):.0f}%")
 
 
-def wait_for_learner(cfg: IxtConfig, overrides: list[str], poll_s: float = 10.0) -> dict:
+def wait_for_learner(cfg: IxtConfig, poll_s: float = 10.0) -> dict:
     """Block until the learner exits; fail early if any service dies."""
     summary_path = Path(cfg.run.run_dir) / "learner_summary.json"
     while True:
@@ -58,8 +58,7 @@ def wait_for_learner(cfg: IxtConfig, overrides: list[str], poll_s: float = 10.0)
     return json.loads(summary_path.read_text())
 
 
-def main(argv: list[str]) -> int:
-    cfg = load_or_exit(argv)
+def main(cfg: IxtConfig, overrides: list[str]) -> int:
     from ixt_stream import models
     from ixt_stream.metrics import plot_curves
 
@@ -70,15 +69,15 @@ def main(argv: list[str]) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     print(f"== evaluating the base model ({cfg.model.name})", flush=True)
-    before = _eval(argv, models.resolve(cfg.model), run_dir / "eval_before.json")
+    before = _eval(overrides, models.resolve(cfg.model), run_dir / "eval_before.json")
     print("== starting the online stack", flush=True)
-    supervisor.up(run_dir, supervisor.stack(cfg, argv))
+    supervisor.up(run_dir, supervisor.stack(cfg, overrides))
     try:
-        learner = wait_for_learner(cfg, argv)
+        learner = wait_for_learner(cfg)
     finally:
         supervisor.down(run_dir, grace_s=cfg.run.stop_grace_s)
     print("== evaluating the trained model", flush=True)
-    after = _eval(argv, str(run_dir / "final"), run_dir / "eval_after.json")
+    after = _eval(overrides, str(run_dir / "final"), run_dir / "eval_after.json")
     ledger = Ledger(run_dir / "ledger.sqlite").summary()
     plot = plot_curves([run_dir / "metrics" / "learner.jsonl"], run_dir / "learning_curve.png",
                        keys=["train/loss", "critique/score_mean", "learner/samples_per_s", "weights/version"])
