@@ -25,6 +25,8 @@ class RunConfig:
     """Prometheus `/metrics` port on 127.0.0.1 (0 = off). `ixt up` gives service i `port + i`."""
     tensorboard: bool = True
     """Also write metrics as TensorBoard scalars under `run_dir/tb/<role>`."""
+    progress: bool = True
+    """Progress bars (count, rate, ETA) on stderr when it is a terminal; false = none, vLLM's included."""
     stop_grace_s: float = 15.0
     """`ixt down`: seconds between SIGTERM and SIGKILL."""
     roles: list[str] = field(default_factory=lambda: ["reward", "learner", "orchestrator", "generator"])

@@ -34,6 +34,7 @@ import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ixt_stream import progress
 from ixt_stream.config import CONFIG_DIR, ConfigError, IxtConfig, describe, register_schema, validate
 
 Entry = Callable[[IxtConfig, list[str]], int | None]
@@ -99,6 +100,7 @@ def run(command: Command, argv: list[str], entry: Entry, prog: str = "") -> int:
     def task(node) -> None:
         try:
             cfg, overrides = job_config(node, command.dir_key)
+            progress.configure(cfg.run.progress)
             with _env(_FULL_ERROR, "1" if user_full_error else None):
                 codes.append(int(entry(cfg, overrides) or 0))
         except ConfigError as e:  # SystemExit passes Hydra's job wrapper without its error banner

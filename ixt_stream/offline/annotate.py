@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ixt_stream import progress
 from ixt_stream.config import ConfigError, IxtConfig
 from ixt_stream.types import Critique, Sample
 
@@ -174,8 +175,9 @@ class Stats:
         return self.written / self.seconds if self.seconds > 0 else 0.0
 
 
-async def annotate(samples, client, output: Path, done: set[str]) -> Stats:
-    """Critique `samples` (sync or async iterable) not in `done`; append one line per critique."""
+async def annotate(samples, client, output: Path, done: set[str], total: int | None = None) -> Stats:
+    """Critique `samples` (sync or async iterable) not in `done`; append one line per critique.
+    `total`: critiques expected, for the progress bar's ETA."""
     stats = Stats()
 
     async def todo() -> AsyncIterator[Sample]:
@@ -187,8 +189,9 @@ async def annotate(samples, client, output: Path, done: set[str]) -> Stats:
                 yield s
 
     t0 = time.perf_counter()
-    with output.open("a") as out:
+    with output.open("a") as out, progress.bar(total=total, desc="annotate", unit="sample") as bar:
         async for result in client.stream(todo()):
+            bar.update()
             if result.error is not None:
                 stats.failed += 1
                 log.warning("%s: %s", result.sample.sample_id, result.error)
@@ -236,7 +239,8 @@ async def run_async(cfg: IxtConfig) -> Stats:
         card = await client.describe()
         log.info("critic: %s (%s %s); %d samples already in %s", card.name, card.backend, card.model_id,
                  len(done), output)
-        return await annotate(samples, client, output, done)
+        total = max(cfg.annotate.num_samples - len(done), 0) if cfg.annotate.num_samples else None
+        return await annotate(samples, client, output, done, total)
 
 
 def main(cfg: IxtConfig, overrides: list[str]) -> int:

@@ -23,9 +23,11 @@ import logging
 import random
 import sys
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import asdict, fields
 from pathlib import Path
 
+from ixt_stream import progress
 from ixt_stream.condition import Conditioner
 from ixt_stream.config import ConfigError, IxtConfig
 from ixt_stream.types import ConditionedSample, Critique, Label, Sample
@@ -132,13 +134,16 @@ def train(cfg: IxtConfig) -> dict[str, float]:
     tokens, seconds, last = 0, 0.0, {}
     batches = epoch_batches(rows, conditioner, lc.epochs, cfg.run.seed, lc.tokens_per_batch,
                             lc.max_samples_per_batch)
-    try:
+    with closing(sink), progress.bar(total=lc.max_steps or None, initial=learner.step, desc="train",
+                                     unit="step") as bar:
         for index, (epoch, group) in enumerate(batches):
             if index < consumed:
                 continue
             if lc.max_steps and learner.step >= lc.max_steps:
                 break
             last = learner.train_step(collate(group, tokenizer.pad_token_id))
+            bar.set_postfix(loss=f"{last['train/loss']:.3f}", epoch=epoch, refresh=False)
+            bar.update(learner.step - bar.n)
             last["train/epoch"] = float(epoch)
             tokens += int(last["train/tokens"])
             seconds += last["train/step_s"]
@@ -149,8 +154,6 @@ def train(cfg: IxtConfig) -> dict[str, float]:
                          last["train/tokens_per_s"])
             if lc.save_every and last["train/applied"] and learner.step % lc.save_every == 0:
                 learner.save_checkpoint(checkpoints)
-    finally:
-        sink.close()
 
     learner.save_checkpoint(checkpoints)
     out = learner.save_hf(cfg.train.output_dir)

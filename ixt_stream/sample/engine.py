@@ -19,6 +19,8 @@ import os
 import time
 from dataclasses import dataclass
 
+from ixt_stream import progress
+
 
 @dataclass
 class Completion:
@@ -68,6 +70,7 @@ class Engine:
         dtype: "bfloat16" | "float32" | "auto".
         max_model_len: context length (prompt + completion).
         kv_cache_gib: CPU KV-cache size; on GPU `gpu_memory_utilization` applies instead.
+        progress: label of a progress bar over each `generate` call's prompts ("" = none).
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class Engine:
         seed: int = 0,
         gpu_memory_utilization: float = 0.5,
         tensor_parallel_size: int = 1,
+        progress: str = "",
     ):
         _cpu_env(kv_cache_gib, threads)
         from vllm import LLM
@@ -89,6 +93,7 @@ class Engine:
         if self.on_cpu:
             _keep_cpu_linear_weights()
         self.model_dir = model_dir
+        self.progress = progress
         self.llm = LLM(
             model=model_dir,
             dtype=dtype,
@@ -115,7 +120,7 @@ class Engine:
         params = SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature,
                                 top_p=top_p, seed=seed)
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
-                                 use_tqdm=False)
+                                 use_tqdm=self.progress and progress.labelled(self.progress))
         return [[Completion(c.text, list(c.token_ids)) for c in o.outputs] for o in outs]
 
     def generate_text(self, prompts: list[str], max_new_tokens: int, temperature: float = 0.0) -> list[str]:
