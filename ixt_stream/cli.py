@@ -14,7 +14,7 @@ import sys
 
 from ixt_stream.hydra_app import Command
 
-_STACK = ("run", "model", "task", "reward", "client", "condition", "learner", "generator", "stream")
+_STACK = ("run", "metrics", "model", "task", "reward", "client", "condition", "learner", "generator", "stream")
 
 # command -> ("module:function" running it, its help line, the config sections it reads)
 COMMANDS: dict[str, tuple[str, Command]] = {c.name: (target, c) for target, c in [
@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, Command]] = {c.name: (target, c) for target, c in
              ("run", "model", "task", "client", "generator", "condition", "annotate"))),
     ("ixt_stream.offline.train:main",
      Command("train", "DeepSpeed learner on annotated data (IXT or baseline)",
-             ("run", "model", "condition", "learner", "train"))),
+             ("run", "metrics", "model", "condition", "learner", "train"))),
     ("ixt_stream.offline.evaluate:main",
      Command("eval", "held-out accuracy under positive / negative / no conditioning",
              ("run", "model", "task", "condition", "generator", "eval"))),

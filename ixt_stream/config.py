@@ -39,6 +39,23 @@ class RunConfig:
 
 
 @dataclass
+class MetricsConfig:
+    """Optional metric sinks beside the JSONL record (TensorBoard and Prometheus are `run.*`)."""
+
+    wandb: bool = False
+    """Also log every scalar, and the run's config, to Weights & Biases: one W&B run per process
+    (role), grouped by the run folder's name."""
+    wandb_project: str = "ixt-stream"
+    wandb_entity: str = ""
+    """W&B team or user; empty = your default entity."""
+    wandb_name: str = ""
+    """Run name prefix; empty = the run folder's name. Each role's run is `<prefix>-<role>`."""
+    wandb_mode: str = ""
+    """online | offline (files under `run_dir/wandb/`, upload later with `wandb sync`) | disabled;
+    empty = W&B's own default (WANDB_MODE, else online)."""
+
+
+@dataclass
 class TinyModelConfig:
     """A random-init Llama with the SmolLM2 tokenizer, for fast tests and from-scratch runs."""
 
@@ -386,6 +403,7 @@ class ExperimentConfig:
 @dataclass
 class IxtConfig:
     run: RunConfig = field(default_factory=RunConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -436,6 +454,8 @@ def validate(cfg: IxtConfig) -> IxtConfig:
           f"must be in [0, generator.num_generators={cfg.generator.num_generators})")
     check(1 <= cfg.reward.port <= 65535, "reward.port", "must be a TCP port")
     check(":" in cfg.client.address, "client.address", "must be host:port")
+    check(cfg.metrics.wandb_mode in ("", "online", "offline", "disabled"), "metrics.wandb_mode",
+          "must be online, offline or disabled (empty = W&B's default)")
     return cfg
 
 

@@ -130,7 +130,7 @@ def train(cfg: IxtConfig) -> dict[str, float]:
         consumed = learner.step + learner.skipped_steps
         log.info("resumed at step %d (%d batches consumed)", learner.step, consumed)
 
-    sink = MetricsSink(cfg.run.run_dir, "train", tensorboard=cfg.run.tensorboard)
+    sink = MetricsSink.from_config(cfg, "train")
     tokens, seconds, last = 0, 0.0, {}
     batches = epoch_batches(rows, conditioner, lc.epochs, cfg.run.seed, lc.tokens_per_batch,
                             lc.max_samples_per_batch)

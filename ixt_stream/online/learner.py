@@ -103,7 +103,7 @@ def run(cfg: IxtConfig, stop: threading.Event) -> dict:
     learner = Learner.from_config(model_dir, lc)
     ledger = Ledger(run_dir / "ledger.sqlite")
     publisher = publish.publisher(sc, str(run_dir), cfg.run.run_id)
-    sink = MetricsSink(run_dir, NAME, prometheus_port=cfg.run.metrics_port)
+    sink = MetricsSink.from_config(cfg, NAME)
     prefetch = Prefetcher(cfg, maxsize=lc.max_samples_per_batch, stop=stop)  # one batch ahead
     prefetch.start()
     prefetch.ready.wait()

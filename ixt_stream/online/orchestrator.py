@@ -46,7 +46,7 @@ async def run(cfg: IxtConfig, stop: asyncio.Event) -> dict:
     ledger = Ledger(Path(run_dir) / "ledger.sqlite")
     samples = sockets.receiver(cfg.stream, "samples", cfg.run.run_id)
     out = sockets.sender(cfg.stream, "conditioned", cfg.run.run_id)
-    sink = MetricsSink(run_dir, NAME, prometheus_port=cfg.run.metrics_port)
+    sink = MetricsSink.from_config(cfg, NAME)
     counts = {"received": 0, "conditioned": 0, "critique_failed": 0, "too_long": 0, "stream_restarts": 0}
     latency_ms: deque[float] = deque(maxlen=256)
     scores: deque[float] = deque(maxlen=256)
