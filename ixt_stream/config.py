@@ -291,14 +291,33 @@ class StreamConfig:
 
 
 @dataclass
+class ColumnsConfig:
+    """Column names of a corpus (JSONL keys, Parquet or `datasets` columns)."""
+
+    prompt: str = "prompt"
+    response: str = "response"
+    text: str = "text"
+    """A raw document (no prompt): critiqued and trained whole. A row has `response` or `text`."""
+    answer: str = "answer"
+    """The reference answer, if any (`reference_answer` is read too)."""
+    id: str = "id"
+    """The sample's id (`sample_id` is read too); none = `<file stem>-<row number>`."""
+
+
+@dataclass
 class AnnotateConfig:
     """Offline: stream a dataset through the reward service."""
 
     source: str = "tasks"
-    """tasks (reasoning-gym prompts + generated or synthetic responses) | jsonl"""
+    """tasks (reasoning-gym prompts + generated or synthetic responses) | file (`input`; `jsonl`
+    is the same)"""
     input: str = ""
-    """JSONL of {"prompt","response"} pairs or {"text"} documents (source=jsonl)."""
+    """source=file: prompt/response pairs or raw documents as JSONL, a Parquet file, or a local
+    Hugging Face `datasets` folder (`save_to_disk`; read by path, never downloaded)."""
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
     output: str = "runs/annotated.jsonl"
+    """`*.parquet` = Parquet (written at the end; lines collect in `<output>.partial.jsonl`),
+    anything else = JSONL, appended as critiques arrive."""
     num_samples: int = 256
     """Samples to annotate (responses, not prompts); 0 = the whole input file."""
     responses: str = "policy"
@@ -323,10 +342,12 @@ class EvalConfig:
 
 @dataclass
 class TrainConfig:
-    """Offline: train on an annotated JSONL."""
+    """Offline: train on annotated data."""
 
     data: str = "runs/annotated.jsonl"
-    """Annotated JSONL written by `ixt annotate` (sample fields + critique fields per line)."""
+    """Annotated rows (sample fields + critique fields, as `ixt annotate` writes them): JSONL,
+    Parquet, or a local `datasets` folder. A row without a `label` is trained without feedback."""
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
     output_dir: str = "runs/train"
     """The trained model as an HF folder (+ `ixt_condition.json`, the format it was trained on).
     Metrics go to `run.run_dir/metrics/train.jsonl`, DeepSpeed checkpoints to

@@ -199,10 +199,14 @@ class _StreamRun:
             self.ready.put_nowait(None)  # tells the sender to half-close the stream
 
     async def _feed(self) -> None:
-        async for sample in self.source:
-            await self.window.acquire()
-            self.unfinished += 1
-            self.ready.put_nowait((sample, 0))
+        try:
+            async for sample in self.source:
+                await self.window.acquire()
+                self.unfinished += 1
+                self.ready.put_nowait((sample, 0))
+        except Exception as e:  # a broken source (a bad input row) ends the stream with its error
+            self.out.put_nowait(e)
+            return
         self.source_done = True
         self._maybe_close()
 

@@ -1,16 +1,18 @@
-"""`ixt annotate [overrides]`: stream a dataset through the reward service into annotated JSONL.
+"""`ixt annotate [overrides]`: stream a dataset through the reward service into annotated rows.
 
 Sources (`annotate.source`):
-  - jsonl: `annotate.input` holds {"prompt", "response", "task"?, "answer"?, "metadata"?, "id"?}
-    pairs or {"text", "id"?} raw documents.
+  - file: `annotate.input` (JSONL, Parquet or a `datasets` folder, read by `corpus`) holds
+    {"prompt", "response", "task"?, "answer"?, "metadata"?, "id"?} pairs or {"text", "id"?} raw
+    documents; `annotate.columns` renames those columns.
   - tasks: reasoning-gym prompts (`task.*`) with `generator.samples_per_prompt` responses each,
     sampled from the policy model with vLLM (`annotate.responses=policy`) or written by
     `synthetic.py` with controlled error types (`annotate.responses=synthetic`).
 Every sample goes through `RewardClient.stream` (bounded in flight, retried); each critique is
-appended to `annotate.output` as one JSON line (the sample's fields + the critique's) and flushed.
+appended as one JSON line (the sample's fields + the critique's, `corpus.annotated_row`) and
+flushed, to `annotate.output` or, for a Parquet output, to its journal until the end.
 A rerun resumes: ids already in the output are skipped, and a half-written last line (a kill
 mid-write) is cut off first, so after any crash every id ends up in the file exactly once.
-Left out: sharding over several reward services, dataset formats other than JSONL.
+Left out: sharding over several reward services.
 """
 
 from __future__ import annotations
@@ -23,71 +25,17 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ixt_stream import progress
+from ixt_stream import corpus, progress
 from ixt_stream.config import ConfigError, IxtConfig
-from ixt_stream.types import Critique, Sample
+from ixt_stream.corpus import annotated_row, prepare_output
+from ixt_stream.types import Sample
 
 log = logging.getLogger("ixt.annotate")
 
-# -- the annotated JSONL ----------------------------------------------------------------------
-
-
-def annotated_row(sample: Sample, critique: Critique) -> dict:
-    """One output line: every Sample field, then the critique's (label as its word).
-
-    `offline.train.read_annotated` reads these lines back."""
-    return {**asdict(sample), "critique": critique.critique, "score": critique.score,
-            "label": critique.label.word, "thinking": critique.thinking, "model_id": critique.model_id,
-            "latency_ms": critique.latency_ms}
-
-
-def prepare_output(path: Path) -> set[str]:
-    """Cut a half-written last line off `path` and return the sample ids it already holds."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return set()
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        keep = data.rfind(b"\n") + 1
-        log.warning("%s ends in a half-written line (%d bytes): cutting it off", path, len(data) - keep)
-        with path.open("r+b") as f:
-            f.truncate(keep)
-        data = data[:keep]
-    done = set()
-    for line in data.splitlines():
-        try:
-            done.add(json.loads(line)["sample_id"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
-    return done
-
-
 # -- sources ----------------------------------------------------------------------------------
-
-
-def jsonl_samples(path: str, limit: int = 0) -> Iterator[Sample]:
-    """Prompt/response pairs or {"text"} documents from a JSONL file (the first `limit`; 0 = all)."""
-    stem = Path(path).stem
-    with open(path) as f:
-        for i, line in enumerate(f):
-            if limit and i >= limit:
-                return
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            metadata = {k: v if isinstance(v, str) else json.dumps(v)
-                        for k, v in row.get("metadata", {}).items()}
-            yield Sample(
-                sample_id=str(row.get("id", row.get("sample_id", f"{stem}-{i}"))),
-                prompt=row.get("prompt", ""),
-                response=row["text"] if "text" in row else row["response"],
-                task=row.get("task", ""),
-                reference_answer=str(row.get("answer", row.get("reference_answer", ""))),
-                metadata=metadata,
-            )
 
 
 def _prompts(cfg: IxtConfig, num_samples: int) -> list[tuple[object, list[int]]]:
@@ -215,12 +163,12 @@ async def _aiter(samples) -> AsyncIterator[Sample]:
 
 def source(cfg: IxtConfig, done: set[str]) -> Iterable[Sample] | AsyncIterator[Sample]:
     a = cfg.annotate
-    if a.source == "jsonl":
+    if a.source in ("file", "jsonl"):
         if not a.input:
-            raise ConfigError("annotate.input: source=jsonl needs an input JSONL file")
-        return jsonl_samples(a.input, a.num_samples)
+            raise ConfigError("annotate.input: source=file needs an input (JSONL, Parquet or a datasets folder)")
+        return corpus.read_samples(a.input, a.columns, a.num_samples, "annotate.columns")
     if a.source != "tasks":
-        raise ConfigError(f"annotate.source: {a.source!r} is not tasks or jsonl")
+        raise ConfigError(f"annotate.source: {a.source!r} is not tasks or file")
     if a.responses == "synthetic":
         return synthetic_task_samples(cfg, a.num_samples)
     if a.responses == "policy":
@@ -231,7 +179,8 @@ def source(cfg: IxtConfig, done: set[str]) -> Iterable[Sample] | AsyncIterator[S
 async def run_async(cfg: IxtConfig) -> Stats:
     from ixt_stream.critique.client import RewardClient
 
-    output = Path(cfg.annotate.output)
+    a = cfg.annotate
+    output = Path(a.output)
     done = prepare_output(output)
     samples = source(cfg, done)
     async with RewardClient.from_config(cfg.client) as client:
@@ -239,8 +188,10 @@ async def run_async(cfg: IxtConfig) -> Stats:
         card = await client.describe()
         log.info("critic: %s (%s %s); %d samples already in %s", card.name, card.backend, card.model_id,
                  len(done), output)
-        total = max(cfg.annotate.num_samples - len(done), 0) if cfg.annotate.num_samples else None
-        return await annotate(samples, client, output, done, total)
+        wanted = a.num_samples or (corpus.count_rows(a.input) if a.source != "tasks" else 0)
+        stats = await annotate(samples, client, corpus.journal(output), done, max(wanted - len(done), 0) or None)
+    corpus.finish_output(output)
+    return stats
 
 
 def main(cfg: IxtConfig, overrides: list[str]) -> int:

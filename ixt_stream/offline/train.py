@@ -1,4 +1,4 @@
-"""`ixt train [overrides]`: fine-tune on an annotated JSONL with the DeepSpeed learner.
+"""`ixt train [overrides]`: fine-tune on annotated data with the DeepSpeed learner.
 
 IXT (`condition.mode=critique|label`): every sample, good or bad, is trained as
 [feedback][prompt][response] with loss on the response only, so the model learns what a response
@@ -6,8 +6,9 @@ IXT (`condition.mode=critique|label`): every sample, good or bad, is trained as
 loop, without the feedback prefix. Each epoch reshuffles the samples (seeded), re-draws feedback
 dropout, and packs them into token-budget batches; one batch is one optimizer step.
 
-Writes: the model as an HF folder in `train.output_dir` (+ `ixt_condition.json`, the format it
-was trained on, which `ixt eval` reads), metrics to `run.run_dir/metrics/train.jsonl`, and
+Reads `train.data`: JSONL, Parquet or a `datasets` folder (`corpus.read_annotated`). Writes: the
+model as an HF folder in `train.output_dir` (+ `ixt_condition.json`, the format it was trained on,
+which `ixt eval` reads), metrics to `run.run_dir/metrics/train.jsonl`, and
 DeepSpeed checkpoints to `run.run_dir/checkpoints/train` (`train.resume=true` continues from the
 latest one; the batch order is a function of the seed, so resuming skips exactly the batches
 already consumed).
@@ -24,68 +25,19 @@ import random
 import sys
 from collections.abc import Iterator
 from contextlib import closing
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 from ixt_stream import progress
 from ixt_stream.condition import Conditioner
 from ixt_stream.config import ConfigError, IxtConfig
-from ixt_stream.types import ConditionedSample, Critique, Label, Sample
+from ixt_stream.corpus import read_annotated
+from ixt_stream.types import ConditionedSample, Critique, Sample
 
 log = logging.getLogger("ixt.train")
 
 CONDITION_FILE = "ixt_condition.json"
 """Written next to the trained weights: the ConditionConfig the model was trained under."""
-
-_SAMPLE_FIELDS = {f.name for f in fields(Sample)}
-
-
-# -- the annotated JSONL ----------------------------------------------------------------------
-
-
-def _label(value: int | str) -> Label:
-    """A label written as its number (3), its word ("good") or its enum name ("GOOD")."""
-    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
-        return Label(int(value))
-    return Label[value.upper()]
-
-
-def read_annotated(path: str | Path) -> list[tuple[Sample, Critique | None]]:
-    """(Sample, Critique) pairs from the lines `ixt annotate` writes.
-
-    A line holds the Sample fields plus the critique fields (`critique`, `score`, `label` as an
-    int or a name, `thinking`, `model_id`, `latency_ms`); unknown keys are ignored. A line without
-    a `label` gives a sample with no critique (trained without feedback). Blank lines and a
-    half-written last line (an annotate run killed mid-write) are skipped; a broken line anywhere
-    else raises ValueError naming it.
-    """
-    lines = Path(path).read_text().splitlines()
-    out = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):
-                log.warning("%s:%d: skipping a half-written last line", path, number)
-                continue
-            raise ValueError(f"{path}:{number}: not a JSON line") from None
-        try:
-            sample = Sample(**{k: v for k, v in row.items() if k in _SAMPLE_FIELDS})
-            critique = None
-            if "label" in row:
-                critique = Critique(
-                    sample_id=sample.sample_id, critique=row.get("critique", ""),
-                    score=float(row.get("score", 0.0)), label=_label(row["label"]),
-                    thinking=row.get("thinking", ""), model_id=row.get("model_id", ""),
-                    latency_ms=float(row.get("latency_ms", 0.0)),
-                )
-        except (TypeError, ValueError, KeyError) as e:
-            raise ValueError(f"{path}:{number}: {e!r}") from e
-        out.append((sample, critique))
-    return out
-
 
 # -- the run ----------------------------------------------------------------------------------
 
@@ -115,7 +67,7 @@ def train(cfg: IxtConfig) -> dict[str, float]:
     model_dir = models.resolve(cfg.model)
     tokenizer = models.load_tokenizer(model_dir)
     conditioner = Conditioner.from_config(tokenizer, cfg.condition, seed=cfg.run.seed)
-    rows = read_annotated(cfg.train.data)
+    rows = read_annotated(cfg.train.data, cfg.train.columns, "train.columns")
     if not rows:
         raise ConfigError(f"train.data: {cfg.train.data} holds no samples")
     with_feedback = sum(c is not None for _, c in rows)
