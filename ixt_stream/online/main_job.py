@@ -41,7 +41,7 @@ def _progress(cfg: IxtConfig) -> str:
             f" | busy {100 * s.get('learner/busy_fraction', 0):.0f}%")
 
 
-def wait_for_learner(cfg: IxtConfig, poll_s: float = 10.0) -> dict:
+def wait_for_learner(cfg: IxtConfig, overrides: list[str], poll_s: float = 10.0) -> dict:
     """Block until the learner exits; fail early if any service dies."""
     summary_path = Path(cfg.run.run_dir) / "learner_summary.json"
     while True:
@@ -73,7 +73,7 @@ def main(cfg: IxtConfig, overrides: list[str]) -> int:
     print("== starting the online stack", flush=True)
     supervisor.up(run_dir, supervisor.stack(cfg, overrides))
     try:
-        learner = wait_for_learner(cfg)
+        learner = wait_for_learner(cfg, overrides)
     finally:
         supervisor.down(run_dir, grace_s=cfg.run.stop_grace_s)
     print("== evaluating the trained model", flush=True)
