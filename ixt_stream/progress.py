@@ -44,9 +44,12 @@ def bar(**kwargs) -> Iterator:
                 yield b
 
 
-def labelled(label: str) -> Callable:
-    """A tqdm factory for libraries that take one (vLLM's `use_tqdm`): their bars, our style, and
-    `label` in front of their description."""
+def labelled(label: str) -> Callable | bool:
+    """For libraries that take a tqdm factory (vLLM's `use_tqdm`): one drawing their bars in our
+    style with `label` in front of their description, or False when bars are off (vLLM reads the
+    elapsed time of the bar it gets, which a disabled bar does not keep)."""
+    if not enabled():
+        return False
     return lambda iterable=None, **kwargs: _tqdm(iterable, **{**kwargs, "desc": f"{label}: {kwargs.get('desc', '')}"})
 
 

@@ -120,7 +120,7 @@ class Engine:
         params = SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature,
                                 top_p=top_p, seed=seed)
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
-                                 use_tqdm=self.progress and progress.labelled(self.progress))
+                                 use_tqdm=bool(self.progress) and progress.labelled(self.progress))
         return [[Completion(c.text, list(c.token_ids)) for c in o.outputs] for o in outs]
 
     def generate_text(self, prompts: list[str], max_new_tokens: int, temperature: float = 0.0) -> list[str]:
