@@ -96,8 +96,10 @@ def run(command: Command, argv: list[str], entry: Entry, prog: str = "") -> int:
 
     codes: list[int] = []
     user_full_error = os.environ.get(_FULL_ERROR) == "1"
+    command_error: BaseException | None = None
 
     def task(node) -> None:
+        nonlocal command_error
         try:
             cfg, overrides = job_config(node, command.dir_key)
             progress.configure(cfg.run.progress)
@@ -106,6 +108,9 @@ def run(command: Command, argv: list[str], entry: Entry, prog: str = "") -> int:
         except ConfigError as e:  # SystemExit passes Hydra's job wrapper without its error banner
             sys.stderr.write(f"config error: {e}\n")
             raise SystemExit(2) from None
+        except Exception as e:  # the command's own failure: raised again below, traceback and all
+            command_error = e
+            raise
 
     main = hydra.main(config_path=str(CONFIG_DIR), config_name=f"ixt_{command.name}", version_base="1.3")(task)
     saved_argv = sys.argv
@@ -115,7 +120,7 @@ def run(command: Command, argv: list[str], entry: Entry, prog: str = "") -> int:
         with _env(_FULL_ERROR, "1"):
             main()
     except (HydraException, OmegaConfBaseException, ValueError) as e:
-        if user_full_error:
+        if user_full_error or e is command_error:
             raise
         sys.stderr.write(f"config error: {describe(e)}\n")
         return 2

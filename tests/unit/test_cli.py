@@ -87,6 +87,14 @@ def test_an_error_inside_the_command_that_names_a_field_is_one_line_too(capsys, 
     assert os.listdir(tmp_path) == ["exp"]
 
 
+def test_a_failure_inside_the_command_keeps_its_traceback(tmp_path):
+    def broken(cfg: IxtConfig, overrides: list[str]) -> int:
+        raise ValueError("a bad row in the data")
+
+    with pytest.raises(ValueError, match="a bad row in the data"):
+        hydra_app.run(cli.COMMANDS["train"][1], [f"run.run_dir={tmp_path / 'r'}"], broken)
+
+
 def _recording(calls: list):
     def entry(cfg: IxtConfig, overrides: list[str]) -> int:
         calls.append((cfg, overrides, os.getcwd()))
