@@ -22,9 +22,9 @@ COMMANDS: dict[str, tuple[str, Command]] = {c.name: (target, c) for target, c in
      Command("run", "the main job: eval, online IXT loop, eval again, summary", (*_STACK, "eval"))),
     ("ixt_stream.services:main",
      Command("serve", "start one role in the foreground: reward | generator | orchestrator | learner", _STACK,
-             records=False)),
+             records=False, positional="<role>")),
     ("ixt_stream.offline.annotate:main",
-     Command("annotate", "stream a dataset through the reward service -> annotated JSONL",
+     Command("annotate", "stream a dataset through the reward service -> annotated JSONL or Parquet",
              ("run", "model", "task", "client", "generator", "condition", "annotate"))),
     ("ixt_stream.offline.train:main",
      Command("train", "DeepSpeed learner on annotated data (IXT or baseline)",
@@ -76,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     rest, extra = argv[1:], []
     if name == "serve":
         if not rest or rest[0] not in ROLES:
-            sys.stderr.write(f"usage: ixt serve <role> [key=value ...]\nroles: {', '.join(ROLES)}\n")
-            return 2
+            sys.stderr.write(f"usage: ixt serve <role> [key=value ...] (--help after the role)\n"
+                             f"roles: {', '.join(ROLES)}\n")
+            return 0 if rest[:1] in (["-h"], ["--help"]) else 2
         extra, rest = [rest[0]], rest[1:]
     entry = _load(target)
     return hydra_app.run(command, rest, lambda cfg, overrides: entry(cfg, overrides, *extra))

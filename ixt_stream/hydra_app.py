@@ -62,6 +62,8 @@ class Command:
     """Hydra writes the composed config to `<run dir>/.hydra/<name>/` (False: nothing is written)."""
     dir_key: str = "run.run_dir"
     """The config key naming the command's run folder (a sweep job's folder replaces it)."""
+    positional: str = ""
+    """What comes before the overrides, for the usage line (`ixt serve <role> ...`)."""
 
 
 def primary_config(command: Command) -> dict:
@@ -178,7 +180,8 @@ def help_page(command: Command, root) -> str:
     """Hydra's help template for `command`: what it does, the groups, each key with its value
     (after the overrides given with --help) and its docstring, Hydra's flags."""
     lines = [f"ixt {command.name}: {command.summary}", "",
-             f"usage: ixt {command.name} [key=value | group=option ...] [-m] [--cfg job|hydra|all [--resolve]] "
+             f"usage: ixt {' '.join(filter(None, [command.name, command.positional]))} [key=value | group=option ...] "
+             "[-m] [--cfg job|hydra|all [--resolve]] "
              "[--info] [--shell-completion install=bash]", "",
              "== Config groups (group=option) ==", "$APP_CONFIG_GROUPS",
              "== Keys (key=value; the current value, then what it does) =="]
