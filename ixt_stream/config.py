@@ -25,6 +25,8 @@ class RunConfig:
     """Prometheus `/metrics` port on 127.0.0.1 (0 = off). `ixt up` gives service i `port + i`."""
     tensorboard: bool = True
     """Also write metrics as TensorBoard scalars under `run_dir/tb/<role>`."""
+    progress: bool = True
+    """Progress bars (count, rate, ETA) on stderr when it is a terminal; false = none, vLLM's included."""
     stop_grace_s: float = 15.0
     """`ixt down`: seconds between SIGTERM and SIGKILL."""
     bad_input: str = "skip"
@@ -38,6 +40,23 @@ class RunConfig:
     {learner: [0], reward: [1], generator: [2, 3]}. The generator list is split in order,
     `generator.tensor_parallel_size` GPUs per generator; the learner takes `learner.num_gpus` of
     its list. A role not listed inherits the environment."""
+
+
+@dataclass
+class MetricsConfig:
+    """Optional metric sinks beside the JSONL record (TensorBoard and Prometheus are `run.*`)."""
+
+    wandb: bool = False
+    """Also log every scalar, and the run's config, to Weights & Biases: one W&B run per process
+    (role), grouped by the run folder's name."""
+    wandb_project: str = "ixt-stream"
+    wandb_entity: str = ""
+    """W&B team or user; empty = your default entity."""
+    wandb_name: str = ""
+    """Run name prefix; empty = the run folder's name. Each role's run is `<prefix>-<role>`."""
+    wandb_mode: str = ""
+    """online | offline (files under `run_dir/wandb/`, upload later with `wandb sync`) | disabled;
+    empty = W&B's own default (WANDB_MODE, else online)."""
 
 
 @dataclass
@@ -186,6 +205,7 @@ class LearnerConfig:
     dtype: str = "bf16"
     """bf16 | fp32 (bf16 = autocast-free DeepSpeed bf16 with fp32 master weights)."""
     lr: float = 1e-5
+    """Peak AdamW learning rate, reached after `warmup_steps` of linear warmup, then constant."""
     weight_decay: float = 0.0
     warmup_steps: int = 0
     max_steps: int = 100
@@ -287,14 +307,33 @@ class StreamConfig:
 
 
 @dataclass
+class ColumnsConfig:
+    """Column names of a corpus (JSONL keys, Parquet or `datasets` columns)."""
+
+    prompt: str = "prompt"
+    response: str = "response"
+    text: str = "text"
+    """A raw document (no prompt): critiqued and trained whole. A row has `response` or `text`."""
+    answer: str = "answer"
+    """The reference answer, if any (`reference_answer` is read too)."""
+    id: str = "id"
+    """The sample's id (`sample_id` is read too); none = `<file stem>-<row number>`."""
+
+
+@dataclass
 class AnnotateConfig:
     """Offline: stream a dataset through the reward service."""
 
     source: str = "tasks"
-    """tasks (reasoning-gym prompts + generated or synthetic responses) | jsonl"""
+    """tasks (reasoning-gym prompts + generated or synthetic responses) | file (`input`; `jsonl`
+    is the same)"""
     input: str = ""
-    """JSONL of {"prompt","response"} pairs or {"text"} documents (source=jsonl)."""
+    """source=file: prompt/response pairs or raw documents as JSONL, a Parquet file, or a local
+    Hugging Face `datasets` folder (`save_to_disk`; read by path, never downloaded)."""
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
     output: str = "runs/annotated.jsonl"
+    """`*.parquet` = Parquet (written at the end; lines collect in `<output>.partial.jsonl`),
+    anything else = JSONL, appended as critiques arrive."""
     num_samples: int = 256
     """Samples to annotate (responses, not prompts); 0 = the whole input file."""
     responses: str = "policy"
@@ -330,10 +369,12 @@ class EvalConfig:
 
 @dataclass
 class TrainConfig:
-    """Offline: train on an annotated JSONL."""
+    """Offline: train on annotated data."""
 
     data: str = "runs/annotated.jsonl"
-    """Annotated JSONL written by `ixt annotate` (sample fields + critique fields per line)."""
+    """Annotated rows (sample fields + critique fields, as `ixt annotate` writes them): JSONL,
+    Parquet, or a local `datasets` folder. A row without a `label` is trained without feedback."""
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
     output_dir: str = "runs/train"
     """The trained model as an HF folder (+ `ixt_condition.json`, the format it was trained on).
     Metrics go to `run.run_dir/metrics/train.jsonl`, DeepSpeed checkpoints to
@@ -410,6 +451,7 @@ class ExperimentConfig:
 @dataclass
 class IxtConfig:
     run: RunConfig = field(default_factory=RunConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -469,35 +511,58 @@ def validate(cfg: IxtConfig) -> IxtConfig:
     check(cfg.reward.judge_workers >= 0, "reward.judge_workers", "must be >= 0")
     check(cfg.reward.judge_timeout_s > 0, "reward.judge_timeout_s", "must be > 0")
     check(":" in cfg.client.address, "client.address", "must be host:port")
+    check(cfg.metrics.wandb_mode in ("", "online", "offline", "disabled"), "metrics.wandb_mode",
+          "must be online, offline or disabled (empty = W&B's default)")
     return cfg
 
 
 CONFIG_DIR = __import__("pathlib").Path(__file__).resolve().parent.parent / "configs"
 
 
+def register_schema() -> None:
+    """Put IxtConfig in Hydra's ConfigStore as `ixt_schema`, the first default of configs/ixt.yaml."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="ixt_schema", node=IxtConfig)
+
+
+def describe(error: BaseException) -> str:
+    """One line for a config error: `<field>: <reason>` when OmegaConf names the field, else
+    Hydra's message on one line (an override it cannot parse, an unknown group option)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    cause = error if isinstance(error, OmegaConfBaseException) else error.__cause__
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        return f"{cause.full_key}: {str(cause.msg).splitlines()[0]}"
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    return text.split(" Config search path:")[0][:400] or type(error).__name__
+
+
 def load(overrides: list[str] | None = None, config_dir: str | None = None) -> IxtConfig:
     """Compose `configs/ixt.yaml` with command-line style overrides into a validated IxtConfig.
 
-    Unknown keys and wrong types fail here (Hydra checks against the dataclass schema).
+    Unknown keys and wrong types fail here (Hydra checks against the dataclass schema). The `ixt`
+    command line runs through Hydra's own entry instead (`ixt_stream.hydra_app`); this is for
+    library callers: worker processes, services started by path, tests.
     """
     from hydra import compose, initialize_config_dir
-    from hydra.core.config_store import ConfigStore
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    ConfigStore.instance().store(name="ixt_schema", node=IxtConfig)
+    register_schema()
     try:
         with initialize_config_dir(config_dir=str(config_dir or CONFIG_DIR), version_base="1.3"):
             node = compose(config_name="ixt", overrides=list(overrides or []))
         cfg = OmegaConf.to_object(node)
     except (HydraException, OmegaConfBaseException, ValueError) as e:
-        raise ConfigError(str(e)) from e
+        raise ConfigError(describe(e)) from e
     return validate(cfg)
 
 
 def load_or_exit(argv: list[str] | None = None) -> IxtConfig:
-    """`load` for command mains: a ConfigError is printed (naming the field) and exits with 2."""
+    """`load` for mains started by path (`python -m services.reward.main`): a ConfigError is
+    printed (naming the field) and exits with 2."""
     import sys
 
     try:

@@ -1,12 +1,15 @@
-"""A tiny metrics sink: flat dicts with `/` keys -> JSONL, TensorBoard, prometheus, and a PNG.
+"""A tiny metrics sink: flat dicts with `/` keys -> JSONL, TensorBoard, prometheus, W&B, and a PNG.
 
 Every role logs `{"loss/ixt": 1.2, "weights/version": 3, ...}` at a step. The JSONL file
 (`run_dir/metrics/<role>.jsonl`, one object per call with `step` and `time`) is the record of
-truth; TensorBoard scalars (`run_dir/tb/<role>`) and a prometheus gauge per key (served on
-127.0.0.1 when a port is set) are views of the same numbers. `plot_curves` draws the JSONL files
-into one PNG at the end of a run. TensorBoard events are written with tensorboard's own writer,
-so roles that do not use torch (the orchestrator) do not import it.
-Left out: histograms, W&B/MLflow, and cross-process aggregation (each process logs its own file).
+truth; TensorBoard scalars (`run_dir/tb/<role>`), a prometheus gauge per key (served on
+127.0.0.1 when a port is set) and, with `metrics.wandb=true`, a Weights & Biases run per role
+(the same scalars at the same steps, plus the run's config; offline mode writes under
+`run_dir/wandb/`) are views of the same numbers. `plot_curves` draws the JSONL files into one PNG
+at the end of a run. TensorBoard events are written with tensorboard's own writer, so roles that
+do not use torch (the orchestrator) do not import it; W&B is imported only when it is on.
+Left out: histograms, MLflow, and cross-process aggregation (each process logs its own file and
+its own W&B run; W&B groups a run folder's roles).
 """
 
 from __future__ import annotations
@@ -16,9 +19,12 @@ import math
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 
 from prometheus_client import Gauge, start_http_server
+
+from ixt_stream.config import IxtConfig
 
 _gauges: dict[str, Gauge] = {}
 
@@ -46,9 +52,12 @@ class MetricsSink:
         role: file stem and TensorBoard folder, e.g. "learner", "generator-0".
         tensorboard: also write TensorBoard scalars.
         prometheus_port: serve `/metrics` on 127.0.0.1:<port>; 0 = no server.
+        wandb_init: keyword arguments of `wandb.init` (project, name, mode, config, ...); None = no
+            W&B run.
     """
 
-    def __init__(self, run_dir: str | Path, role: str, tensorboard: bool = True, prometheus_port: int = 0):
+    def __init__(self, run_dir: str | Path, role: str, tensorboard: bool = True, prometheus_port: int = 0,
+                 wandb_init: dict | None = None):
         self.path = Path(run_dir) / "metrics" / f"{role}.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a")
@@ -59,6 +68,22 @@ class MetricsSink:
             self._tb = EventFileWriter(str(Path(run_dir) / "tb" / role))
         if prometheus_port:
             start_http_server(prometheus_port, addr="127.0.0.1")
+        self._wandb = None
+        if wandb_init is not None:
+            import wandb
+
+            self._wandb = wandb.init(**{"dir": str(run_dir), "reinit": "create_new", **wandb_init})
+
+    @classmethod
+    def from_config(cls, cfg: IxtConfig, role: str) -> MetricsSink:
+        """The sink `run.*` and `metrics.*` ask for; a W&B run is named after the run folder and role."""
+        m, folder = cfg.metrics, Path(cfg.run.run_dir).resolve().name
+        wandb_init = None
+        if m.wandb:
+            wandb_init = {"project": m.wandb_project, "entity": m.wandb_entity or None,
+                          "name": f"{m.wandb_name or folder}-{role}", "group": folder, "job_type": role,
+                          "config": asdict(cfg), **({"mode": m.wandb_mode} if m.wandb_mode else {})}
+        return cls(cfg.run.run_dir, role, cfg.run.tensorboard, cfg.run.metrics_port, wandb_init)
 
     def log(self, metrics: Mapping[str, object], step: int) -> None:
         """Record one flat dict at `step`; non-numeric values go to the JSONL only."""
@@ -74,11 +99,15 @@ class MetricsSink:
             values = [Summary.Value(tag=k, simple_value=x) for k, x in numbers.items()]
             self._tb.add_event(Event(wall_time=time.time(), step=step, summary=Summary(value=values)))
             self._tb.flush()
+        if self._wandb is not None and numbers:
+            self._wandb.log(numbers, step=step)
 
     def close(self) -> None:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

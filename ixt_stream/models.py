@@ -16,6 +16,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+from ixt_stream import progress
 from ixt_stream.config import ModelConfig, TinyModelConfig
 
 log = logging.getLogger(__name__)
@@ -60,15 +61,22 @@ def smollm2_dir(cache: Path) -> Path:
 
     gguf = _gguf_path()
     log.info("converting %s -> %s (once)", gguf, out)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # The GGUF loader marks the model quantized; its weights are already dequantized to fp32.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    with progress.bar(total=3, desc=f"converting {SMOLLM2} (once)", unit="step") as bar:
+        bar.set_postfix_str("tokenizer")
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        bar.update()
+        bar.set_postfix_str("weights: de-quantize to fp32")
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # The GGUF loader marks the model quantized; its weights are already dequantized to fp32.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        bar.update()
+        bar.set_postfix_str("save safetensors")
+        out.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        bar.update()
     (out / ".complete").touch()
     return out
 

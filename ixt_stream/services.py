@@ -1,16 +1,15 @@
 """`ixt serve <role> [overrides]`: run one role of the stack in the foreground.
 
 Each role's deployable main lives under `services/<role>/main.py` and exposes `run(cfg)`; this
-dispatcher only composes the config (Hydra overrides, validated) and imports the role lazily, so
+dispatcher gets the composed, validated config from the CLI and imports the role lazily, so
 `ixt serve reward` never imports torch for the learner and vice versa.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
 
-from ixt_stream.config import load_or_exit
+from ixt_stream.config import IxtConfig
 
 # role -> "module:function" taking the loaded IxtConfig and returning an exit code
 ROLES: dict[str, str] = {
@@ -21,12 +20,7 @@ ROLES: dict[str, str] = {
 }
 
 
-def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ROLES:
-        sys.stderr.write(f"usage: ixt serve <role> [key=value ...]\nroles: {', '.join(ROLES)}\n")
-        return 2
-    role, overrides = argv[0], argv[1:]
-    cfg = load_or_exit(overrides)
+def main(cfg: IxtConfig, overrides: list[str], role: str) -> int:
     module, _, func = ROLES[role].partition(":")
     return int(getattr(importlib.import_module(module), func)(cfg) or 0)
 

@@ -19,6 +19,7 @@ de-duplicating near-identical responses.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from ixt_stream import corpus
 from ixt_stream.config import ExperimentConfig, ExperimentScaleConfig, IxtConfig
 
 log = logging.getLogger("ixt.experiment")
@@ -132,10 +134,10 @@ def build_pool(cfg: IxtConfig, scale: ExperimentScaleConfig, output: Path, addre
         for part in ("policy", "synthetic"):
             path = output.with_name(f"{output.stem}.{part}.jsonl")
             summary[part] = _annotate(cfg, scale, part, path, address)
-            for line in path.read_text().splitlines():
-                row = json.loads(line)
-                row["sample_id"] = f"syn-{row['sample_id']}" if part == "synthetic" else row["sample_id"]
-                lines.append(json.dumps(row) + "\n")
+            for sample, critique in corpus.read_annotated(path):
+                if part == "synthetic":
+                    sample = dataclasses.replace(sample, sample_id=f"syn-{sample.sample_id}")
+                lines.append(json.dumps(corpus.annotated_row(sample, critique)) + "\n")
         output.write_text("".join(lines))
     Path(f"{output}.done").write_text(json.dumps(summary))
     return summary
@@ -167,9 +169,7 @@ def main(argv: list[str]) -> int:
 def read_pool(path: Path):
     """(Sample, Critique) pairs of a finished pool, in file order sorted by sample id (the file
     order depends on which critiques came back first)."""
-    from ixt_stream.offline.train import read_annotated
-
-    return sorted(read_annotated(path), key=lambda row: row[0].sample_id)
+    return sorted(corpus.read_annotated(path), key=lambda row: row[0].sample_id)
 
 
 def keeps(arm: str, critique) -> bool:

@@ -26,7 +26,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ixt_stream.config import ConfigError, IxtConfig, load
+from ixt_stream import progress
+from ixt_stream.config import ConfigError, IxtConfig
 from ixt_stream.experiment.data import ARM_MODES, fingerprint, pool_name, worker_env
 from ixt_stream.experiment.eval_runs import result_path
 
@@ -81,38 +82,41 @@ def run_jobs(jobs: list[Job], workers: int) -> list[str]:
     """Run jobs (in list order, once their deps succeeded), `workers` at a time; returns failures."""
     pending, running, ok, failed = list(jobs), [], set(), []
     last_status = time.monotonic()
-    while pending or running:
-        for job in list(pending):
-            if len(running) >= workers:
-                break
-            if any(d in failed for d in job.deps) and not job.after_failures:
-                pending.remove(job)
-                failed.append(job.name)
-                print(f"skip {job.name}: a dependency failed", flush=True)
-            elif all(d in ok or d in failed for d in job.deps):
-                pending.remove(job)
-                job.log.parent.mkdir(parents=True, exist_ok=True)
-                job.proc = subprocess.Popen(job.cmd, stdout=job.log.open("w"), stderr=subprocess.STDOUT,
-                                            env=worker_env())
-                job.started = time.monotonic()
-                running.append(job)
-                print(f"start {job.name}", flush=True)
-        time.sleep(0.5)
-        for job in list(running):
-            if job.proc.poll() is None:
-                continue
-            running.remove(job)
-            took = time.monotonic() - job.started
-            if job.proc.returncode == 0:
-                ok.add(job.name)
-                print(f"done  {job.name} ({took:.0f} s) {_last_line(job.log)}", flush=True)
-            else:
-                failed.append(job.name)
-                print(f"FAIL  {job.name} (exit {job.proc.returncode}, {took:.0f} s): see {job.log}", flush=True)
-        if running and time.monotonic() - last_status > 30:
-            last_status = time.monotonic()
-            for job in running:
-                print(f"  ... {job.name}: {_last_line(job.log) or 'starting'}", flush=True)
+    with progress.bar(total=len(jobs), desc="experiment", unit="job") as bar:
+        while pending or running:
+            for job in list(pending):
+                if len(running) >= workers:
+                    break
+                if any(d in failed for d in job.deps) and not job.after_failures:
+                    pending.remove(job)
+                    failed.append(job.name)
+                    bar.update()
+                    progress.write(f"skip {job.name}: a dependency failed")
+                elif all(d in ok or d in failed for d in job.deps):
+                    pending.remove(job)
+                    job.log.parent.mkdir(parents=True, exist_ok=True)
+                    job.proc = subprocess.Popen(job.cmd, stdout=job.log.open("w"), stderr=subprocess.STDOUT,
+                                                env=worker_env())
+                    job.started = time.monotonic()
+                    running.append(job)
+                    progress.write(f"start {job.name}")
+            time.sleep(0.5)
+            for job in list(running):
+                if job.proc.poll() is None:
+                    continue
+                running.remove(job)
+                bar.update()
+                took = time.monotonic() - job.started
+                if job.proc.returncode == 0:
+                    ok.add(job.name)
+                    progress.write(f"done  {job.name} ({took:.0f} s) {_last_line(job.log)}")
+                else:
+                    failed.append(job.name)
+                    progress.write(f"FAIL  {job.name} (exit {job.proc.returncode}, {took:.0f} s): see {job.log}")
+            if running and time.monotonic() - last_status > 30:
+                last_status = time.monotonic()
+                for job in running:
+                    progress.write(f"  ... {job.name}: {_last_line(job.log) or 'starting'}")
     return failed
 
 
@@ -189,10 +193,8 @@ def plan(cfg: IxtConfig, overrides: list[str]) -> list[Job]:
     return jobs
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def main(cfg: IxtConfig, overrides: list[str]) -> int:
     try:
-        cfg = load(argv)
         check(cfg)
     except ConfigError as e:
         sys.stderr.write(f"config error: {e}\n")
@@ -203,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "experiment.json").write_text(json.dumps(asdict(e), indent=1))
     t0 = time.monotonic()
-    jobs = plan(cfg, argv)
+    jobs = plan(cfg, overrides)
     print(f"experiment: {len(e.scales)} scales x {len(e.arms)} arms x {len(e.seeds)} seeds; "
           f"{len(jobs)} jobs to run, {e.workers} at a time -> {out}", flush=True)
     failed = run_jobs(jobs, e.workers)
@@ -220,5 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the same as `ixt experiment`
+    from ixt_stream.cli import main as cli_main
+
+    sys.exit(cli_main(["experiment", *sys.argv[1:]]))

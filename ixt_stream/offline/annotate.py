@@ -1,19 +1,22 @@
-"""`ixt annotate [overrides]`: stream a dataset through the reward service into annotated JSONL.
+"""`ixt annotate [overrides]`: stream a dataset through the reward service into annotated rows.
 
 Sources (`annotate.source`):
-  - jsonl: `annotate.input` holds {"prompt", "response", "task"?, "answer"?, "metadata"?, "id"?}
-    pairs or {"text", "id"?} raw documents.
+  - file: `annotate.input` (JSONL, Parquet or a `datasets` folder, read by `corpus`) holds
+    {"prompt", "response", "task"?, "answer"?, "metadata"?, "id"?} pairs or {"text", "id"?} raw
+    documents; `annotate.columns` renames those columns.
   - tasks: reasoning-gym prompts (`task.*`) with `generator.samples_per_prompt` responses each,
     sampled from the policy model with vLLM (`annotate.responses=policy`) or written by
     `synthetic.py` with controlled error types (`annotate.responses=synthetic`).
 Every sample goes through `RewardClient.stream` (bounded in flight, retried); each critique is
-appended to `annotate.output` as one JSON line (the sample's fields + the critique's) and flushed.
+appended as one JSON line (the sample's fields + the critique's, `corpus.annotated_row`) and
+flushed, to `annotate.output` or, for a Parquet output, to its journal until the end.
 A rerun resumes: ids already in the output are skipped, and a half-written last line (a kill
 mid-write) is cut off first, so after any crash every id ends up in the file exactly once.
-A bad input line (not JSON or UTF-8, a null or non-string field, an array) or a prompt too long
-for `condition.max_seq_len` is reported as `file:line: reason`, skipped and counted, and the run
-exits 1 at the end with the counts in its summary (`run.bad_input=fail`: stop at the first).
-Left out: sharding over several reward services, dataset formats other than JSONL.
+A bad input row (not JSON or UTF-8, a null or non-string field, an array) or a prompt too long
+for `condition.max_seq_len` is reported as `file:line: reason` (`corpus.Skips`), skipped and
+counted, and the run exits 1 at the end with the counts in its summary (`run.bad_input=fail`:
+stop at the first).
+Left out: sharding over several reward services.
 """
 
 from __future__ import annotations
@@ -26,92 +29,18 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ixt_stream import corpus, progress
 from ixt_stream.condition import leak
-from ixt_stream.config import ConfigError, IxtConfig, load_or_exit
-from ixt_stream.offline.inputs import BadInput, Skips, jsonl_objects
-from ixt_stream.types import Critique, Sample
+from ixt_stream.config import ConfigError, IxtConfig
+from ixt_stream.corpus import BadInput, Skips, annotated_row, prepare_output
+from ixt_stream.types import Sample
 
 log = logging.getLogger("ixt.annotate")
 
-# -- the annotated JSONL ----------------------------------------------------------------------
-
-
-def annotated_row(sample: Sample, critique: Critique) -> dict:
-    """One output line: every Sample field, then the critique's (label as its word).
-
-    `offline.train.read_annotated` reads these lines back."""
-    return {**asdict(sample), "critique": critique.critique, "score": critique.score,
-            "label": critique.label.word, "thinking": critique.thinking, "model_id": critique.model_id,
-            "latency_ms": critique.latency_ms}
-
-
-def prepare_output(path: Path) -> set[str]:
-    """Cut a half-written last line off `path` and return the sample ids it already holds."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return set()
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        keep = data.rfind(b"\n") + 1
-        log.warning("%s ends in a half-written line (%d bytes): cutting it off", path, len(data) - keep)
-        with path.open("r+b") as f:
-            f.truncate(keep)
-        data = data[:keep]
-    done = set()
-    for line in data.splitlines():
-        try:
-            done.add(json.loads(line)["sample_id"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
-    return done
-
-
 # -- sources ----------------------------------------------------------------------------------
-
-
-def _field(row: dict, key: str, kinds: tuple[type, ...] = (str,), default: str = "", required: bool = False) -> str:
-    value = row.get(key)
-    if value is None and not required:
-        return default
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        raise ValueError(f"{key!r} is {json.dumps(value)[:40]}, not a {' or '.join(k.__name__ for k in kinds)}")
-    return str(value)
-
-
-def sample_from_row(row: dict, default_id: str) -> Sample:
-    """One JSONL object as a Sample; ValueError naming the field when a field has the wrong type."""
-    key = "text" if "text" in row else "response"
-    if key not in row:
-        raise ValueError("no 'response' (prompt/response pair) or 'text' (document) field")
-    response = _field(row, key, required=True)
-    if not response.strip():
-        raise ValueError(f"{key!r} is empty")
-    metadata = row.get("metadata", {})
-    if not isinstance(metadata, dict):
-        raise ValueError(f"'metadata' is a JSON {type(metadata).__name__}, not an object")
-    ident = (str, int)
-    return Sample(
-        sample_id=_field(row, "id", ident, _field(row, "sample_id", ident, default_id)),
-        prompt=_field(row, "prompt"),
-        response=response,
-        task=_field(row, "task"),
-        reference_answer=_field(row, "answer", (str, int, float), _field(row, "reference_answer")),
-        metadata={k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()},
-    )
-
-
-def jsonl_samples(path: str, skips: Skips, limit: int = 0) -> Iterator[Sample]:
-    """Prompt/response pairs or {"text"} documents from the first `limit` lines (0 = all) of a JSONL
-    file; a bad line is reported as `file:line: reason` and skipped and counted (or raises)."""
-    stem = Path(path).stem
-    for number, row in jsonl_objects(path, skips, limit):
-        try:
-            yield sample_from_row(row, f"{stem}-{number - 1}")
-        except ValueError as e:
-            skips.bad(f"{path}:{number}", "bad_field", str(e))
 
 
 def _prompts(cfg: IxtConfig, num_samples: int) -> list[tuple[object, list[int]]]:
@@ -217,11 +146,13 @@ class Stats:
         return self.written / self.seconds if self.seconds > 0 else 0.0
 
 
-async def annotate(samples, client, output: Path, done: set[str], skips: Skips | None = None) -> Stats:
+async def annotate(samples, client, output: Path, done: set[str], skips: Skips | None = None,
+                   total: int | None = None) -> Stats:
     """Critique `samples` (sync or async iterable) not in `done`; append one line per critique.
 
     `skips` is what the source reports its bad rows to; it becomes `Stats.bad`. An exception
-    raised by the source propagates (after the critiques answered before it were written)."""
+    raised by the source propagates (after the critiques answered before it were written).
+    `total`: critiques expected, for the progress bar's ETA."""
     stats = Stats(bad=skips or Skips())
 
     async def todo() -> AsyncIterator[Sample]:
@@ -233,8 +164,9 @@ async def annotate(samples, client, output: Path, done: set[str], skips: Skips |
                 yield s
 
     t0 = time.perf_counter()
-    with output.open("a") as out:
+    with output.open("a") as out, progress.bar(total=total, desc="annotate", unit="sample") as bar:
         async for result in client.stream(todo()):
+            bar.update()
             if result.error is not None:
                 stats.failed += 1
                 log.warning("%s: %s", result.sample.sample_id, result.error)
@@ -259,14 +191,14 @@ async def _aiter(samples) -> AsyncIterator[Sample]:
 
 def source(cfg: IxtConfig, done: set[str], skips: Skips) -> Iterable[Sample] | AsyncIterator[Sample]:
     a = cfg.annotate
-    if a.source == "jsonl":
+    if a.source in ("file", "jsonl"):
         if not a.input:
-            raise ConfigError("annotate.input: source=jsonl needs an input JSONL file")
-        if not Path(a.input).is_file():
-            raise ConfigError(f"annotate.input: {a.input} is not a file")
-        return jsonl_samples(a.input, skips, a.num_samples)
+            raise ConfigError("annotate.input: source=file needs an input (JSONL, Parquet or a datasets folder)")
+        if not Path(a.input).exists():
+            raise ConfigError(f"annotate.input: {a.input} does not exist")
+        return corpus.read_samples(a.input, a.columns, a.num_samples, "annotate.columns", skips)
     if a.source != "tasks":
-        raise ConfigError(f"annotate.source: {a.source!r} is not tasks or jsonl")
+        raise ConfigError(f"annotate.source: {a.source!r} is not tasks or file")
     if a.responses == "synthetic":
         return synthetic_task_samples(cfg, a.num_samples)
     if a.responses == "policy":
@@ -277,7 +209,8 @@ def source(cfg: IxtConfig, done: set[str], skips: Skips) -> Iterable[Sample] | A
 async def run_async(cfg: IxtConfig) -> Stats:
     from ixt_stream.critique.client import RewardClient
 
-    output = Path(cfg.annotate.output)
+    a = cfg.annotate
+    output = Path(a.output)
     done = prepare_output(output)
     skips = Skips(fail=cfg.run.bad_input == "fail")
     samples = source(cfg, done, skips)
@@ -286,13 +219,16 @@ async def run_async(cfg: IxtConfig) -> Stats:
         card = await client.describe()
         log.info("critic: %s (%s %s); %d samples already in %s", card.name, card.backend, card.model_id,
                  len(done), output)
-        return await annotate(samples, client, output, done, skips)
+        wanted = a.num_samples or (corpus.count_rows(a.input) if a.source != "tasks" else 0)
+        stats = await annotate(samples, client, corpus.journal(output), done, skips,
+                               max(wanted - len(done), 0) or None)
+    corpus.finish_output(output)
+    return stats
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(cfg: IxtConfig, overrides: list[str]) -> int:
     """Exit 0 when every input row was critiqued; 1 when any failed or was skipped (summary says
     why), or at the first bad row under `run.bad_input=fail`."""
-    cfg = load_or_exit(argv)
     logging.basicConfig(level=cfg.run.log_level, format="%(asctime)s %(levelname)s annotate: %(message)s")
     import uvloop
 
@@ -308,5 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if stats.failed or stats.bad.total else 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the same as `ixt annotate`
+    from ixt_stream.cli import main as cli_main
+
+    sys.exit(cli_main(["annotate", *sys.argv[1:]]))

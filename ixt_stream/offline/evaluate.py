@@ -28,7 +28,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ixt_stream.config import ConfigError, IxtConfig, load_or_exit
+from ixt_stream.config import ConfigError, IxtConfig
 
 log = logging.getLogger("ixt.eval")
 
@@ -185,7 +185,7 @@ def run(cfg: IxtConfig) -> dict:
     g = cfg.generator
     engine = Engine(model_dir, dtype=g.dtype, max_model_len=cond.max_seq_len, kv_cache_gib=g.kv_cache_gib,
                     threads=g.threads, seed=cfg.run.seed, gpu_memory_utilization=g.gpu_memory_utilization,
-                    tensor_parallel_size=g.tensor_parallel_size)
+                    tensor_parallel_size=g.tensor_parallel_size, progress="eval")
     result = evaluate(engine, conditioner, prompts, cfg.eval.conditions, cfg.eval.max_new_tokens,
                       cfg.eval.temperature)
     inference = conditioner.inference
@@ -194,14 +194,9 @@ def run(cfg: IxtConfig) -> dict:
             "gap_ci": gap(result, cfg.eval.bootstrap), **result}
 
 
-def main(argv: list[str] | None = None) -> int:
-    cfg = load_or_exit(argv)
+def main(cfg: IxtConfig, overrides: list[str]) -> int:
     logging.basicConfig(level=cfg.run.log_level, format="%(asctime)s %(levelname)s eval: %(message)s")
-    try:
-        report = run(cfg)
-    except ConfigError as e:
-        sys.stderr.write(f"config error: {e}\n")
-        return 2
+    report = run(cfg)  # a ConfigError (e.g. a bad eval.condition_from) is one line, exit 2 (hydra_app)
     out = Path(cfg.eval.output or Path(cfg.run.run_dir) / "eval.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
@@ -215,5 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the same as `ixt eval`
+    from ixt_stream.cli import main as cli_main
+
+    sys.exit(cli_main(["eval", *sys.argv[1:]]))

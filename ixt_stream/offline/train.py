@@ -1,4 +1,4 @@
-"""`ixt train [overrides]`: fine-tune on an annotated JSONL with the DeepSpeed learner.
+"""`ixt train [overrides]`: fine-tune on annotated data with the DeepSpeed learner.
 
 IXT (`condition.mode=critique|label`): every sample, good or bad, is trained as
 [feedback][prompt][response] with loss on the response only, so the model learns what a response
@@ -6,12 +6,12 @@ IXT (`condition.mode=critique|label`): every sample, good or bad, is trained as
 loop, without the feedback prefix. Each epoch reshuffles the samples (seeded), re-draws feedback
 dropout, and packs them into token-budget batches; one batch is one optimizer step.
 
-Writes: the model as an HF folder in `train.output_dir` (+ `ixt_condition.json`: the format it
-was trained on and the feedback it most often trained with per label, which `ixt eval` conditions
-on), metrics to `run.run_dir/metrics/train.jsonl`, and
-DeepSpeed checkpoints to `run.run_dir/checkpoints/train` (`train.resume=true` continues from the
-latest one; the batch order is a function of the seed, so resuming skips exactly the batches
-already consumed).
+Reads `train.data`: JSONL, Parquet or a `datasets` folder (`corpus.read_annotated`). Writes: the
+model as an HF folder in `train.output_dir` (+ `ixt_condition.json`: the format it was trained on
+and the feedback it most often trained with per label, which `ixt eval` conditions on), metrics to
+`run.run_dir/metrics/train.jsonl`, and DeepSpeed checkpoints to `run.run_dir/checkpoints/train`
+(`train.resume=true` continues from the latest one; the batch order is a function of the seed, so
+resuming skips exactly the batches already consumed).
 
 Every row is checked before the first step: a broken line (`file:line: reason`) or a sample whose
 feedback and prompt leave no room for data within `condition.max_seq_len` (`too_long`) is skipped
@@ -29,66 +29,17 @@ import logging
 import random
 import sys
 from collections.abc import Iterator
-from dataclasses import fields, replace
+from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 
+from ixt_stream import progress
 from ixt_stream.condition import Conditioner, FeedbackCounter, record
-from ixt_stream.config import ConfigError, IxtConfig, load_or_exit
-from ixt_stream.offline.inputs import BadInput, Skips, jsonl_objects
-from ixt_stream.types import ConditionedSample, Critique, Label, Sample
+from ixt_stream.config import ConfigError, IxtConfig
+from ixt_stream.corpus import BadInput, Skips, read_annotated
+from ixt_stream.types import ConditionedSample, Critique, Sample
 
 log = logging.getLogger("ixt.train")
-
-_SAMPLE_FIELDS = {f.name for f in fields(Sample)}
-
-
-# -- the annotated JSONL ----------------------------------------------------------------------
-
-
-def _label(value: int | str) -> Label:
-    """A label written as its number (3), its word ("good") or its enum name ("GOOD")."""
-    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
-        return Label(int(value))
-    return Label[value.upper()]
-
-
-def read_annotated(path: str | Path, skips: Skips | None = None) -> list[tuple[Sample, Critique | None]]:
-    """(Sample, Critique) pairs from the lines `ixt annotate` writes.
-
-    A line holds the Sample fields plus the critique fields (`critique`, `score`, `label` as an
-    int or a name, `thinking`, `model_id`, `latency_ms`); unknown keys are ignored. A line without
-    a `label` gives a sample with no critique (trained without feedback). Blank lines and a
-    half-written last line (an annotate run killed mid-write) are skipped; a broken line anywhere
-    else is reported to `skips` as `file:line: reason` (default: raise BadInput, a ValueError).
-    """
-    skips = skips or Skips(fail=True)
-    out = []
-    for number, row in jsonl_objects(path, skips, torn_tail_ok=True):
-        try:
-            sample = Sample(**{k: v for k, v in row.items() if k in _SAMPLE_FIELDS})
-            _check_types(sample)
-            critique = None
-            if "label" in row:
-                critique = Critique(
-                    sample_id=sample.sample_id, critique=row.get("critique") or "",
-                    score=float(row.get("score", 0.0)), label=_label(row["label"]),
-                    thinking=row.get("thinking") or "", model_id=row.get("model_id") or "",
-                    latency_ms=float(row.get("latency_ms", 0.0)),
-                )
-                if not isinstance(critique.critique, str):
-                    raise TypeError(f"critique is a {type(critique.critique).__name__}, not a string")
-        except (TypeError, ValueError, KeyError, AttributeError) as e:
-            skips.bad(f"{path}:{number}", "bad_field", repr(e))
-            continue
-        out.append((sample, critique))
-    return out
-
-
-def _check_types(sample: Sample) -> None:
-    """TypeError unless the text fields are strings (JSON null or numbers would reach the tokenizer)."""
-    for name in ("sample_id", "prompt", "response"):
-        if not isinstance(getattr(sample, name), str):
-            raise TypeError(f"{name} is {getattr(sample, name)!r}, not a string")
 
 
 def fitting(rows: list[tuple[Sample, Critique | None]], conditioner: Conditioner,
@@ -135,10 +86,10 @@ def train(cfg: IxtConfig) -> dict[str, float]:
     model_dir = models.resolve(cfg.model)
     tokenizer = models.load_tokenizer(model_dir)
     conditioner = Conditioner.from_config(tokenizer, cfg.condition, seed=cfg.run.seed)
-    if not Path(cfg.train.data).is_file():
-        raise ConfigError(f"train.data: {cfg.train.data} is not a file")
+    if not Path(cfg.train.data).exists():
+        raise ConfigError(f"train.data: {cfg.train.data} does not exist")
     skips = Skips(fail=cfg.run.bad_input == "fail")
-    rows = read_annotated(cfg.train.data, skips)
+    rows = read_annotated(cfg.train.data, cfg.train.columns, "train.columns", skips)
     rows = fitting(rows, Conditioner.from_config(tokenizer, replace(cfg.condition, feedback_dropout=0.0)), skips)
     if not rows:
         raise ConfigError(f"train.data: {cfg.train.data} holds no trainable samples (skipped: {dict(skips.reasons)})")
@@ -154,11 +105,12 @@ def train(cfg: IxtConfig) -> dict[str, float]:
         consumed = learner.step + learner.skipped_steps
         log.info("resumed at step %d (%d batches consumed)", learner.step, consumed)
 
-    sink = MetricsSink(cfg.run.run_dir, "train", tensorboard=cfg.run.tensorboard)
+    sink = MetricsSink.from_config(cfg, "train")
     tokens, seconds, last, trained_feedback = 0, 0.0, {}, FeedbackCounter()
     batches = epoch_batches(rows, conditioner, lc.epochs, cfg.run.seed, lc.tokens_per_batch,
                             lc.max_samples_per_batch)
-    try:
+    with closing(sink), progress.bar(total=lc.max_steps or None, initial=learner.step, desc="train",
+                                     unit="step") as bar:
         for index, (epoch, group) in enumerate(batches):
             if index < consumed:  # trained before the resume: its feedback still counts
                 for s in group:
@@ -170,6 +122,8 @@ def train(cfg: IxtConfig) -> dict[str, float]:
             if last["train/applied"]:
                 for s in group:
                     trained_feedback.observe(s)
+            bar.set_postfix(loss=f"{last['train/loss']:.3f}", epoch=epoch, refresh=False)
+            bar.update(learner.step - bar.n)
             last["train/epoch"] = float(epoch)
             tokens += int(last["train/tokens"])
             seconds += last["train/step_s"]
@@ -180,8 +134,6 @@ def train(cfg: IxtConfig) -> dict[str, float]:
                          last["train/tokens_per_s"])
             if lc.save_every and last["train/applied"] and learner.step % lc.save_every == 0:
                 learner.save_checkpoint(checkpoints)
-    finally:
-        sink.close()
 
     learner.save_checkpoint(checkpoints)
     out = learner.save_hf(cfg.train.output_dir)
@@ -195,9 +147,8 @@ def train(cfg: IxtConfig) -> dict[str, float]:
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(cfg: IxtConfig, overrides: list[str]) -> int:
     """Prints the summary as one JSON line; exits 1 when rows were skipped (`train/skipped/<reason>`)."""
-    cfg = load_or_exit(argv)
     logging.basicConfig(level=cfg.run.log_level, format="%(asctime)s %(levelname)s train: %(message)s")
     try:
         summary = train(cfg)
@@ -211,5 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any(k.startswith("train/skipped/") for k in summary) else 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the same as `ixt train`
+    from ixt_stream.cli import main as cli_main
+
+    sys.exit(cli_main(["train", *sys.argv[1:]]))

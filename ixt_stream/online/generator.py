@@ -76,7 +76,7 @@ def run(cfg: IxtConfig, stop: threading.Event) -> int:
     samples = sockets.sender(stream, "samples", cfg.run.run_id)
     acks = sockets.sender(stream, "acks", cfg.run.run_id)
     weights = apply.applier(stream, cfg.run.run_dir, cfg.run.run_id, name)
-    sink = MetricsSink(cfg.run.run_dir, name, cfg.run.tensorboard, cfg.run.metrics_port)
+    sink = MetricsSink.from_config(cfg, name)
 
     quota = share(stream.max_samples, gen.num_generators, gen.index)
     prompts = tasks.train_prompts(cfg.task, gen.index, gen.num_generators)

@@ -174,7 +174,7 @@ def run(cfg: IxtConfig, stop: threading.Event) -> dict:
         ledger.close()
         raise
     publisher = publish.publisher(sc, str(run_dir), cfg.run.run_id)
-    sink = MetricsSink(run_dir, NAME, prometheus_port=cfg.run.metrics_port)
+    sink = MetricsSink.from_config(cfg, NAME)
     limits = FrameLimits(vocab_size=learner.vocab_size, max_tokens=min(cfg.condition.max_seq_len, lc.tokens_per_batch))
     prefetch = Prefetcher(cfg, maxsize=lc.max_samples_per_batch, stop=stop, limits=limits)  # one batch ahead
     prefetch.start()

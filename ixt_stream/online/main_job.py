@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from ixt_stream.config import IxtConfig, load_or_exit
+from ixt_stream.config import IxtConfig
 from ixt_stream.ledger import Ledger
 from ixt_stream.online import supervisor
 
@@ -92,8 +92,7 @@ def print_summary(summary: dict) -> None:
     print(f"  wall {summary['wall_s']:.0f} s; curves {summary['plot']}")
 
 
-def main(argv: list[str]) -> int:
-    cfg = load_or_exit(argv)
+def main(cfg: IxtConfig, overrides: list[str]) -> int:
     from ixt_stream import models
     from ixt_stream.metrics import plot_curves
     from ixt_stream.offline.evaluate import compare
@@ -105,17 +104,17 @@ def main(argv: list[str]) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     print("== starting the online stack", flush=True)
-    supervisor.up(run_dir, supervisor.stack(cfg, argv))
+    supervisor.up(run_dir, supervisor.stack(cfg, overrides))
     try:
-        learner = wait_for_learner(cfg, argv)
+        learner = wait_for_learner(cfg, overrides)
     finally:
         supervisor.down(run_dir, grace_s=cfg.run.stop_grace_s)
     final = run_dir / "final"
     print("== evaluating the trained model", flush=True)
-    after = _eval(argv, str(final), run_dir / "eval_after.json")
+    after = _eval(overrides, str(final), run_dir / "eval_after.json")
     print(f"== evaluating the base model ({cfg.model.name}) under the same prefixes (the control)", flush=True)
     conditions = ",".join(c for c in cfg.eval.conditions if c != "unseen")  # the unseen probe: trained only
-    control = [a for a in argv if not a.startswith("eval.conditions=")] + [
+    control = [a for a in overrides if not a.startswith("eval.conditions=")] + [
         f"eval.condition_from={final}", f"eval.conditions=[{conditions}]"]
     before = _eval(control, models.resolve(cfg.model), run_dir / "eval_before.json")
     ledger = Ledger(run_dir / "ledger.sqlite").summary()

@@ -56,7 +56,7 @@ async def run(cfg: IxtConfig, stop: asyncio.Event) -> dict:
     weights = sockets.receiver(cfg.stream, "weights", cfg.run.run_id)
     newest = [0]
     """The newest weight version announced by the learner (0 until the first announcement)."""
-    sink = MetricsSink(run_dir, NAME, prometheus_port=cfg.run.metrics_port)
+    sink = MetricsSink.from_config(cfg, NAME)
     counts = {"received": 0, "conditioned": 0, "critique_failed": 0, "too_long": 0, "feedback_leak": 0,
               "feedback_leaks": 0, "stream_restarts": 0, "stale_before_critique": 0}
     latency_ms: deque[float] = deque(maxlen=256)

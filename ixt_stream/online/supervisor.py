@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ixt_stream.config import ConfigError, IxtConfig, load
+from ixt_stream.config import ConfigError, IxtConfig
 
 _RANK_VARS = frozenset({"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"})
 ROLES = ("reward", "learner", "orchestrator", "generator")
@@ -237,11 +237,10 @@ def _fmt(status: dict) -> str:
     return age + " ".join(items)
 
 
-def up_main(argv: list[str]) -> int:
-    cfg = load(argv)
-    started = up(cfg.run.run_dir, stack(cfg, argv))
+def up_main(cfg: IxtConfig, overrides: list[str]) -> int:
+    started = up(cfg.run.run_dir, stack(cfg, overrides))
     print(f"{cfg.run.run_dir}: started {', '.join(f'{n} ({p})' for n, p in started.items()) or 'nothing'}")
-    return status_main(argv)
+    return status_main(cfg, overrides)
 
 
 def state(row: dict) -> str:
@@ -251,9 +250,9 @@ def state(row: dict) -> str:
     return "finished" if row["status"].get("done") is True else "DEAD"
 
 
-def status_main(argv: list[str]) -> int:
+def status_main(cfg: IxtConfig, overrides: list[str]) -> int:
     """Exit 1 when a service died (exited before its work was done); finished ones are fine."""
-    run_dir = load(argv).run.run_dir
+    run_dir = cfg.run.run_dir
     rows = status(run_dir)
     if not rows:
         print(f"{run_dir}: no services")
@@ -262,8 +261,7 @@ def status_main(argv: list[str]) -> int:
     return 0 if rows and all(state(r) != "DEAD" for r in rows) else 1
 
 
-def down_main(argv: list[str]) -> int:
-    cfg = load(argv)
+def down_main(cfg: IxtConfig, overrides: list[str]) -> int:
     result = down(cfg.run.run_dir, grace_s=cfg.run.stop_grace_s)
     for name, what in result.items():
         print(f"{name:<14} {what}")

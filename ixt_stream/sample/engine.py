@@ -34,6 +34,8 @@ import os
 import time
 from dataclasses import dataclass
 
+from ixt_stream import progress
+
 
 @dataclass
 class Completion:
@@ -145,6 +147,7 @@ class Engine:
         dtype: "bfloat16" | "float32" | "auto".
         max_model_len: context length (prompt + completion).
         kv_cache_gib: CPU KV-cache size; on GPU `gpu_memory_utilization` applies instead.
+        progress: label of a progress bar over each `generate` call's prompts ("" = none).
     """
 
     def __init__(
@@ -157,6 +160,7 @@ class Engine:
         seed: int = 0,
         gpu_memory_utilization: float = 0.5,
         tensor_parallel_size: int = 1,
+        progress: str = "",
     ):
         _cpu_env(kv_cache_gib, threads)
         from vllm import LLM
@@ -169,6 +173,7 @@ class Engine:
         self.max_model_len = max_model_len
         self.last_reload: dict = {}
         """The last reload's split: load_s (copy into the engine, rebuilding handles), repack_s, repacked."""
+        self.progress = progress
         self.llm = LLM(
             model=model_dir,
             dtype=dtype,
@@ -202,7 +207,7 @@ class Engine:
                              f"for a new token within max_model_len={self.max_model_len}")
         params = SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
-                                 use_tqdm=False)
+                                 use_tqdm=bool(self.progress) and progress.labelled(self.progress))
         return [[Completion(c.text, list(c.token_ids), c.finish_reason or "") for c in o.outputs] for o in outs]
 
     def generate_text(self, prompts: list[str], max_new_tokens: int, temperature: float = 0.0) -> list[str]:

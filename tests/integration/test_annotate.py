@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from ixt_stream.corpus import Skips, prepare_output, read_annotated, read_samples
 from ixt_stream.critique.backend import NullBackend
 from ixt_stream.critique.client import RewardClient
 from ixt_stream.critique.server import RewardServer
-from ixt_stream.offline.annotate import annotate, jsonl_samples, prepare_output
-from ixt_stream.offline.inputs import Skips
-from ixt_stream.offline.train import read_annotated
+from ixt_stream.offline.annotate import annotate
 from ixt_stream.types import Label, Sample
 from tests.conftest import free_port
 
@@ -47,8 +46,8 @@ def test_jsonl_pairs_and_documents_are_annotated_once(tmp_path):
         port = await server.start()
         try:
             async with RewardClient(f"127.0.0.1:{port}") as client:
-                first = await annotate(jsonl_samples(str(src), Skips()), client, out, prepare_output(out))
-                again = await annotate(jsonl_samples(str(src), Skips()), client, out, prepare_output(out))
+                first = await annotate(read_samples(src), client, out, prepare_output(out))
+                again = await annotate(read_samples(src), client, out, prepare_output(out))
         finally:
             await server.stop()
         return first, again
@@ -169,7 +168,7 @@ def test_bad_corpus_lines_are_reported_skipped_and_counted(tmp_path, caplog):
         try:
             async with RewardClient(f"127.0.0.1:{port}") as client:
                 skips = Skips()
-                return await annotate(jsonl_samples(str(src), skips), client, out, prepare_output(out), skips)
+                return await annotate(read_samples(src, skips=skips), client, out, prepare_output(out), skips)
         finally:
             await server.stop()
 

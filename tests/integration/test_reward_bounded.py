@@ -180,11 +180,10 @@ def test_an_expired_or_overlong_call_stops_its_work():
 
 def test_deep_json_in_a_corpus_line_is_counted_not_fatal(tmp_path):
     """The same input on the client side: `ixt annotate` reads it as a bad line, not a crash."""
-    from ixt_stream.offline.annotate import jsonl_samples
-    from ixt_stream.offline.inputs import Skips
+    from ixt_stream.corpus import Skips, read_samples
 
     path = tmp_path / "in.jsonl"
     path.write_text(json.dumps({"prompt": "p", "response": "r"}) + "\n"
                     + '{"prompt": "p", "response": "r", "metadata": {"entry": ' + "[" * 100_000 + "}}\n")
     skips = Skips()
-    assert len(list(jsonl_samples(str(path), skips))) == 1 and skips.reasons == {"too_deep": 1}
+    assert len(list(read_samples(path, skips=skips))) == 1 and skips.reasons == {"too_deep": 1}

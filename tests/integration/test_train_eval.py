@@ -16,10 +16,9 @@ import pytest
 from ixt_stream import tasks
 from ixt_stream.condition import Conditioner, InferenceFeedback, record
 from ixt_stream.config import TaskConfig, load
-from ixt_stream.offline.annotate import annotated_row
+from ixt_stream.corpus import BadInput, Skips, annotated_row, read_annotated
 from ixt_stream.offline.evaluate import compare, conditioner_for, evaluate, gap, paired_ci, table
-from ixt_stream.offline.inputs import BadInput, Skips
-from ixt_stream.offline.train import fitting, read_annotated
+from ixt_stream.offline.train import fitting
 from ixt_stream.types import Critique, Label, Sample
 
 
@@ -98,7 +97,7 @@ def test_read_annotated_skips_and_counts_bad_lines(tmp_path):
                      + b'[1, 2]\n' + b'{"sample_id": "\xff", "prompt": "p", "response": "r"}\n'
                      + b'{"sample_id": "g", "prompt": "p", "response": "r", "label": "great"}\n' + good)
     skips = Skips()
-    assert len(read_annotated(path, skips)) == 2
+    assert len(read_annotated(path, skips=skips)) == 2
     assert dict(skips.reasons) == {"bad_field": 2, "not_object": 1, "not_utf8": 1}
 
 

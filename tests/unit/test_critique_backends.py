@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ixt_stream import services
+from ixt_stream import cli
 from ixt_stream.config import CONFIG_DIR, load
 from ixt_stream.critique.backend import NullBackend
 from ixt_stream.critique.completers import SGLANG_MISSING, OpenAICompleter
@@ -46,12 +46,10 @@ def test_sglang_error_names_the_alternatives():
 
 
 def test_serve_dispatcher_rejects_unknown_roles_and_bad_overrides(capsys):
-    assert services.main([]) == 2
-    assert services.main(["no-such-role"]) == 2
+    assert cli.main(["serve"]) == 2
+    assert cli.main(["serve", "no-such-role"]) == 2
     assert "reward" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_:
-        services.main(["reward", "reward.no_such_key=1"])
-    assert exit_.value.code == 2
+    assert cli.main(["serve", "reward", "reward.no_such_key=1"]) == 2
     err = capsys.readouterr().err
     assert "config error" in err and "reward.no_such_key" in err
 
