@@ -230,9 +230,13 @@ def read_samples(path: str | Path, columns: ColumnsConfig | None = None, limit: 
     schema = _has_schema(path)
     for n, where, row in read_rows(path, skips, limit):
         try:
-            yield to_sample(row, columns, where, f"{stem}-{n}", key, schema)
+            sample = to_sample(row, columns, where, f"{stem}-{n}", key, schema)
+        except ConfigError:  # a ValueError too, but the setting is wrong, not the row
+            raise
         except ValueError as e:
             skips.bad(where, "bad_field", str(e))
+            continue
+        yield sample
 
 
 def _has_schema(path: str | Path) -> bool:
