@@ -98,8 +98,8 @@ def test_verifier_critiques_unary_and_stream(verifier):
     assert (good.sample_id, good.label, good.score, good.model_id) == ("a", Label.GOOD, 1.0, "verifier")
     assert good.latency_ms > 0 and "correct" in good.critique
     assert (streamed["b"].label, streamed["b"].score) == (Label.BAD, 0.0)
-    assert "'41' is wrong" in streamed["b"].critique and "42" not in streamed["b"].critique
-    assert streamed["c"].label == Label.BAD and "no final answer" in streamed["c"].critique
+    assert "41" not in streamed["b"].critique and "42" not in streamed["b"].critique  # leak-free (condition.leak)
+    assert streamed["c"].label == Label.BAD and "no final answer" in streamed["c"].critique.lower()
 
 
 BAD_REQUESTS = [
