@@ -87,11 +87,11 @@ def test_ixt_eval_samples_at_temperature_on_a_large_set(tmp_path):
                                                       "MASTER_PORT")}
     done = subprocess.run([sys.executable, "-m", "ixt_stream.cli", "eval", "model=tiny", "profile=smoke",
                            "eval.temperature=0.7", "task.eval_size=128", "eval.max_new_tokens=8",
-                           "eval.conditions=[positive]", "generator.dtype=float32", f"eval.output={report}",
+                           "eval.conditions=[unseen]", "generator.dtype=float32", f"eval.output={report}",
                            f"run.run_dir={tmp_path}"],
                           capture_output=True, text=True, env=env, timeout=360)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads(report.read_text())["metrics"]
-    assert metrics["eval/num_prompts"] == 128 and metrics["eval/positive/response_tokens"] > 0
-    assert metrics["eval/positive/too_long"] == 0 and "skipped: too long" in done.stdout
+    assert metrics["eval/num_prompts"] == 128 and metrics["eval/unseen/response_tokens"] > 0
+    assert metrics["eval/unseen/too_long"] == 0 and "skipped: too long" in done.stdout
     assert os.path.getsize(report) > 0
