@@ -144,3 +144,38 @@ def test_ixt_alone_lists_the_commands(capsys):
     code, _, err = ixt(capsys)
     assert code == 2 and "ledger" in err and "--help" in err
     assert ixt(capsys, "--help")[0] == 0
+
+
+def test_ixt_run_hands_its_control_eval_the_trained_prefixes(tmp_path, monkeypatch):
+    """`ixt run` evaluates the trained model, then the base model under the trained model's prefixes:
+    the second `ixt eval` gets `eval.condition_from` and the conditions without `unseen`, and Hydra
+    composes them (the stack and the evals themselves are stood in for)."""
+    from ixt_stream.online import main_job
+
+    class Stop(Exception):
+        pass
+
+    evals: list = []
+
+    def fake_eval(overrides, checkpoint, out):
+        evals.append((overrides, checkpoint))
+        if len(evals) == 2:
+            raise Stop
+        return {}
+
+    monkeypatch.setattr(main_job.supervisor, "up", lambda *a: {})
+    monkeypatch.setattr(main_job.supervisor, "down", lambda *a, **k: {})
+    monkeypatch.setattr(main_job, "wait_for_learner", lambda cfg, overrides: {})
+    monkeypatch.setattr(main_job, "_eval", fake_eval)
+    run_dir, final = tmp_path / "r", tmp_path / "r" / "final"
+    given = ["model=tiny", "eval.conditions=[positive,none,unseen]", f"run.run_dir={run_dir}"]
+    with pytest.raises(Stop):
+        hydra_app.run(cli.COMMANDS["run"][1], given, main_job.main)
+    (after, trained), (control, _) = evals
+    assert after == given and trained == str(final)
+    assert control == ["model=tiny", f"run.run_dir={run_dir}", f"eval.condition_from={final}",
+                       "eval.conditions=[positive,none]"]
+    calls: list = []
+    assert hydra_app.run(cli.COMMANDS["eval"][1], control, _recording(calls)) == 0
+    cfg = calls[0][0]
+    assert cfg.eval.condition_from == str(final) and list(cfg.eval.conditions) == ["positive", "none"]
