@@ -136,7 +136,7 @@ def test_a_costly_request_keeps_health_responsive_and_its_deadline_is_honoured()
                 except CritiqueError as e:
                     heavy = e
                 heavy_s = time.perf_counter() - t0
-                await asyncio.sleep(0.3)
+                await asyncio.sleep(max(0.3, 1.5 - heavy_s))  # probe for 1.5 s: the request and after it
                 done.set()
             async with RewardClient(f"127.0.0.1:{port}", timeout_s=60) as client:  # a fresh worker serves
                 after = await client.critique(sample("after"))
