@@ -10,9 +10,11 @@ during training, and a number in it (the response's answer, the reference, or an
 them) would make the answer tokens predictable by copying instead of by the quality it describes.
 `thinking` (never trained on) keeps the full trace, reference included, for debugging.
 
-Labels: GOOD when the tagged answer is right; MIXED when it is only partly right (non-numeric
-tasks), when a right value is given without proper <answer></answer> tags, or when a right answer
-is followed by a response cut off at the token limit; BAD otherwise. Every step is linear in the
+Labels follow what eval accuracy counts, the final answer being right: GOOD when it is (score 1,
+or 0.75 when the right value is given without proper <answer></answer> tags, which the critique
+says); MIXED when it is only partly right (non-numeric tasks) or when a right answer is followed
+by a response cut off at the token limit; BAD otherwise. (A small model rarely tags its answers at
+first: were untagged right answers not good, it would train on no good sample at all.) Every step is linear in the
 response length (the service parses untrusted text). Each task's scorer is built once (some take
 up to half a second).
 """
@@ -43,7 +45,7 @@ KINDS: dict[str, tuple[Label, tuple[str, ...]]] = {
         "Right answer in the right format, given without any steps.",
         "Correct and properly tagged, though the answer comes with no reasoning.",
     )),
-    "correct_untagged": (Label.MIXED, (
+    "correct_untagged": (Label.GOOD, (
         "The value is right, but it is not given inside the answer tags, so it cannot be read as the answer.",
         "Right value, wrong format: the final answer is missing its answer tags.",
         "The result is correct, but the answer tags around it are missing or broken.",
@@ -96,7 +98,9 @@ KINDS: dict[str, tuple[Label, tuple[str, ...]]] = {
 }
 """kind -> (label, paraphrases). No digits anywhere (a test checks it)."""
 
-KIND_SCORE = {"correct": 1.0, "correct_unexplained": 1.0, "correct_untagged": 0.5, "correct_cut_off": 0.5}
+UNTAGGED_SCORE = 0.75
+"""A right value given without proper tags: right (label good, what eval accuracy counts), but
+below a well-formed answer."""
 NO_WORKING = "No working is shown."
 CUT_OFF = "The response is also cut off before it ends."
 
@@ -215,7 +219,7 @@ class VerifierBackend:
         notes.append(f"tagged final answer: {'none' if answer is None else _quote(answer)}")
         if answer is None:
             if any(self._score(sample, c, entry, notes) >= 1.0 for c in _untagged_candidates(response)):
-                return ("correct_cut_off", 0.5) if cut else ("correct_untagged", 0.5)
+                return ("correct_cut_off", 0.5) if cut else ("correct_untagged", UNTAGGED_SCORE)
             return ("cut_off" if cut else "no_answer"), 0.0
         if not answer:
             return "empty_tags", 0.0

@@ -45,8 +45,8 @@ def test_no_critique_text_has_a_digit():
     (f"{REASONING}\n<answer>41</answer>", "wrong_slip", Label.BAD, 0.0),
     (f"{REASONING}\n<answer>52</answer>", "wrong_place_value", Label.BAD, 0.0),
     (f"{REASONING}\n<answer>17</answer>", "wrong", Label.BAD, 0.0),
-    (f"{REASONING} The sum is 42.", "correct_untagged", Label.MIXED, 0.5),
-    (f"{REASONING}\n<answer>42", "correct_untagged", Label.MIXED, 0.5),
+    (f"{REASONING} The sum is 42.", "correct_untagged", Label.GOOD, 0.75),
+    (f"{REASONING}\n<answer>42", "correct_untagged", Label.GOOD, 0.75),
     ("I am not sure how to add these numbers at all.", "no_answer", Label.BAD, 0.0),
     ("<answer></answer>", "empty_tags", Label.BAD, 0.0),
 ])
@@ -98,7 +98,7 @@ def test_synthetic_error_types_get_the_expected_labels(verifier):
     cfg = load(["task=mixed", "generator.samples_per_prompt=4"])
     v = VerifierBackend(warm_tasks=cfg.task.names)
     expected = {"correct": Label.GOOD, "wrong_value": Label.BAD, "off_by_one": Label.BAD,
-                "missing_tags": Label.MIXED, "garbled": Label.MIXED}
+                "missing_tags": Label.GOOD, "garbled": Label.GOOD}
     seen = Counter()
     for s in synthetic_task_samples(cfg, 200):
         kind = s.metadata["synthetic"]
