@@ -36,15 +36,6 @@ class Backend(Protocol):
         ...
 
 
-def label_for_score(score: float) -> Label:
-    """The label a score implies: 1 is GOOD, 0 is BAD, anything between is MIXED."""
-    if score >= 1.0:
-        return Label.GOOD
-    if score <= 0.0:
-        return Label.BAD
-    return Label.MIXED
-
-
 class NullBackend:
     """A fixed critique, instantly: measures pure transport and service overhead."""
 
