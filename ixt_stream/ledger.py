@@ -112,6 +112,12 @@ class Ledger:
                                 ((state, reason, time.time(), i) for i in ids))
         return len(ids)
 
+    def states(self, sample_ids: Iterable[str]) -> dict[str, tuple[str, int | None, str | None]]:
+        """sample_id -> (state, step trained at, drop reason), for the ids the ledger knows."""
+        ids = list(sample_ids)
+        q = f"SELECT sample_id, state, step, reason FROM samples WHERE sample_id IN ({','.join('?' * len(ids))})"
+        return {r[0]: (r[1], r[2], r[3]) for r in self.db.execute(q, ids)} if ids else {}
+
     def summary(self) -> dict:
         counts = dict(self.db.execute("SELECT state, COUNT(*) FROM samples GROUP BY state").fetchall())
         reasons = dict(self.db.execute(

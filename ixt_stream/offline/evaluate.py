@@ -11,7 +11,8 @@ has no prefix. The base-model control evaluates the base model under a trained m
 
 `evaluate()` is the reusable part; `paired_ci` and `compare` give paired bootstrap confidence
 intervals over problems (the same problems under two models or two conditions). Conditions that
-produce identical prompts are generated once.
+produce identical prompts are generated once. `ixt eval` writes its JSON report and `report.md`
+(`ixt_stream.report`) beside it.
 
 Sampling at any temperature is seeded once, by the engine (`run.seed`). A prompt with no room to
 answer within `condition.max_seq_len` is not generated, scores 0 and is counted (the table's
@@ -97,7 +98,8 @@ def evaluate(engine, conditioner, prompts, conditions, max_new_tokens: int, temp
         (mean), eval/<condition>/truncated (fraction cut at max_new_tokens), eval/<condition>/too_long
         (prompts with no room to answer within the engine's context: not generated, scored 0),
         eval/num_prompts, and eval/gap (positive minus negative accuracy) when both are evaluated;
-        "samples": one dict per (prompt, condition): prompt_id, condition, response, score, strict}.
+        "samples": one dict per (prompt, condition): prompt_id, condition, prompt, answer, response,
+        score, strict}.
     """
     from ixt_stream import tasks
     from ixt_stream.sample.engine import Completion
@@ -133,8 +135,9 @@ def evaluate(engine, conditioner, prompts, conditions, max_new_tokens: int, temp
         metrics[f"eval/{condition}/response_tokens"] = sum(len(c.token_ids) for c in completions) / n
         metrics[f"eval/{condition}/truncated"] = sum(c.finish_reason == "length" for c in completions) / n
         metrics[f"eval/{condition}/too_long"] = float(too_long)
-        samples += [{"prompt_id": p.prompt_id, "condition": condition, "response": c.text, "score": s,
-                     "strict": t} for p, c, s, t in zip(prompts, completions, scores, strict, strict=True)]
+        samples += [{"prompt_id": p.prompt_id, "condition": condition, "prompt": p.prompt, "answer": p.answer,
+                     "response": c.text, "score": s, "strict": t}
+                    for p, c, s, t in zip(prompts, completions, scores, strict, strict=True)]
     if "positive" in conditions and "negative" in conditions:
         metrics["eval/gap"] = metrics["eval/positive/accuracy"] - metrics["eval/negative/accuracy"]
     return {"metrics": metrics, "samples": samples}
@@ -207,6 +210,9 @@ def main(cfg: IxtConfig, overrides: list[str]) -> int:
         g = report["gap_ci"]
         print(f"positive - negative accuracy: {g['diff']:+.3f} [95% CI {g['lo']:+.3f}, {g['hi']:+.3f}]")
     print(f"-> {out}")
+    from ixt_stream.report import render
+
+    print(f"report -> {render(out.parent)}")
     return 0
 
 

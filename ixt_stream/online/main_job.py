@@ -5,7 +5,7 @@
     model under the very same prefixes: the control)  ->  summary: accuracy per condition before
     and after with paired bootstrap 95% CIs over held-out problems, the positive - negative gap
     before and after, samples trained, versions pushed, the ledger's conservation check; a
-    learning-curve PNG.
+    learning-curve PNG and `report.md` (`ixt_stream.report`: the same numbers with pictures).
 
 The base model is evaluated after training because its prefixes are the trained model's: the
 critiques it most often trained with label good and bad (recorded beside the final weights).
@@ -96,6 +96,7 @@ def main(cfg: IxtConfig, overrides: list[str]) -> int:
     from ixt_stream import models
     from ixt_stream.metrics import plot_curves
     from ixt_stream.offline.evaluate import compare
+    from ixt_stream.report import LEARNER_CURVES, render
 
     run_dir = Path(cfg.run.run_dir)
     if (run_dir / "learner_summary.json").exists():
@@ -119,7 +120,7 @@ def main(cfg: IxtConfig, overrides: list[str]) -> int:
     before = _eval(control, models.resolve(cfg.model), run_dir / "eval_before.json")
     ledger = Ledger(run_dir / "ledger.sqlite").summary()
     plot = plot_curves([run_dir / "metrics" / "learner.jsonl"], run_dir / "learning_curve.png",
-                       keys=["train/loss", "critique/score_mean", "learner/samples_per_s", "weights/version"])
+                       keys=LEARNER_CURVES)
     summary = {
         "run_dir": str(run_dir), "eval_problems": int(after["metrics"]["eval/num_prompts"]),
         "positive_critique": after["feedback"].get("positive", ["", ""])[1],
@@ -138,4 +139,5 @@ def main(cfg: IxtConfig, overrides: list[str]) -> int:
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print_summary(summary)
+    print(f"  report {render(run_dir)}")
     return 0 if ledger["conserved"] else 1

@@ -19,6 +19,9 @@ checking at the next one; the learner enforces the bound in any case). When the 
 stays down through every retry (a crash and restart), the stream ends with `CritiqueError`: the
 orchestrator waits for the service's health to say SERVING again (up to `client.ready_timeout_s`)
 and opens a new stream that first resends every sample taken off the socket but not yet answered.
+The first two critiqued samples of each weight version, with their critiques, go to
+`run_dir/critiques.jsonl` (`report.SampleLog`: bounded; the run report's examples).
+
 Left out: re-critiquing with a second reward model, critique caching across samples.
 """
 
@@ -38,6 +41,7 @@ from ixt_stream.critique.client import RETRYABLE, CritiqueError, RewardClient
 from ixt_stream.ledger import Ledger
 from ixt_stream.metrics import MetricsSink
 from ixt_stream.online.supervisor import write_status
+from ixt_stream.report import SampleLog
 from ixt_stream.stream import sockets
 from ixt_stream.types import Sample
 
@@ -57,6 +61,7 @@ async def run(cfg: IxtConfig, stop: asyncio.Event) -> dict:
     newest = [0]
     """The newest weight version announced by the learner (0 until the first announcement)."""
     sink = MetricsSink.from_config(cfg, NAME)
+    examples = SampleLog(run_dir)
     counts = {"received": 0, "conditioned": 0, "critique_failed": 0, "too_long": 0, "feedback_leak": 0,
               "feedback_leaks": 0, "stream_restarts": 0, "stale_before_critique": 0}
     latency_ms: deque[float] = deque(maxlen=256)
@@ -152,6 +157,7 @@ async def run(cfg: IxtConfig, stop: asyncio.Event) -> dict:
                     if not await push(conditioned):
                         continue  # stopping: it stays 'critiqued' (in flight) in the ledger
                     counts["conditioned"] += 1
+                    examples.add(result.sample, result.critique)
                     latency_ms.append(result.critique.latency_ms)
                     scores.append(result.critique.score)
                     if time.perf_counter() - last_report > 2.0:
