@@ -95,3 +95,5 @@ def test_ixt_eval_samples_at_temperature_on_a_large_set(tmp_path):
     assert metrics["eval/num_prompts"] == 128 and metrics["eval/unseen/response_tokens"] > 0
     assert metrics["eval/unseen/too_long"] == 0 and "skipped: too long" in done.stdout
     assert os.path.getsize(report) > 0
+    page = (tmp_path / "report.md").read_text()  # the run report beside the JSON
+    assert "report ->" in done.stdout and "| unseen | 0." in page and (tmp_path / "accuracy.png").exists()

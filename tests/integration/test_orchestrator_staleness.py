@@ -2,12 +2,14 @@
 
 In-process, over real sockets and a real gRPC reward server: this test plays the generator
 (PUSH samples, ledgered first), the learner (PUB a weight version, PULL what comes out) and
-counts the critiques the reward backend was asked for. The ledger stays conserved throughout.
+counts the critiques the reward backend was asked for. The ledger stays conserved throughout, and
+the run report's sample log keeps the first two fresh samples of each version with their critiques.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -15,6 +17,7 @@ import pytest
 from ixt_stream.config import load
 from ixt_stream.ledger import Ledger
 from ixt_stream.online import orchestrator
+from ixt_stream.report import SAMPLE_LOG
 from ixt_stream.stream import sockets
 from ixt_stream.types import WeightVersion
 from tests.conftest import free_port
@@ -72,6 +75,9 @@ def test_stale_samples_are_dropped_before_their_critique_and_the_ledger_stays_co
     summary = ledger.summary()
     assert summary["conserved"] and summary["dropped_by_reason"] == {"stale_before_critique": 6}
     assert summary["in_flight"] == len(fresh)  # critiqued, on their way to the learner
+    examples = [json.loads(line) for line in (tmp_path / SAMPLE_LOG).read_text().splitlines()]
+    assert sorted((r["weight_version"], r["response"]) for r in examples) == [(2, GOOD)] * 2 + [(3, GOOD)] * 2
+    assert all(r["critique"] and r["sample_id"] in fresh for r in examples)  # two per version, with critiques
     ledger.trained(sorted(fresh), step=4)
     summary = ledger.summary()
     assert summary["conserved"] and summary["in_flight"] == 0 and summary["trained_twice"] == 0
