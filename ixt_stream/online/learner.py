@@ -127,9 +127,9 @@ def resume(learner, ledger: Ledger, run_dir: Path, lc: LearnerConfig) -> int:
     trained and restart the version count under the generators' feet.
     """
     from ixt_stream.update import checkpoint_integrity as integrity
-    from ixt_stream.weights import publish
+    from ixt_stream.weights.base import LATEST
 
-    ckpt_dir, latest = run_dir / "checkpoints", run_dir / "weights" / publish.LATEST
+    ckpt_dir, latest = run_dir / "checkpoints", run_dir / "weights" / LATEST
     published = json.loads(latest.read_text())["version"] if latest.exists() else 0
     trained_to = ledger.last_trained_step()
     if not (integrity.tags(ckpt_dir) or published or trained_to):

@@ -24,7 +24,7 @@ import torch
 
 from ixt_stream.config import StreamConfig
 from ixt_stream.types import Sample, WeightAck
-from ixt_stream.weights import apply, collective, publish
+from ixt_stream.weights import apply, base, collective, publish
 from tests.conftest import free_port
 
 RUN = "coll"
@@ -164,7 +164,7 @@ def test_receivers_apply_bit_identical_tensors_and_refuse_a_bad_checksum(tmp_pat
     first_s = time.perf_counter() - t0  # includes forming the group (JOIN_S)
     assert wv.transport == "collective" and wv.uri.startswith("collective://") and len(wv.digest) == 64
     assert pub.writer.members and len(pub.writer.members) == 2
-    expected = publish.payload_tensors(sd, None)
+    expected = base.payload_tensors(sd, None)
     for name in names:
         assert wait_for(lambda n=name: decided(tmp_path, n, 1), f"{name} v1", procs.values(), tmp_path)["applied"]
         got = load_file(tmp_path / name / "v1.safetensors")
