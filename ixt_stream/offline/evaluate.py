@@ -28,6 +28,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ixt_stream import logs
 from ixt_stream.config import ConfigError, IxtConfig
 
 log = logging.getLogger("ixt.eval")
@@ -158,7 +159,8 @@ def conditioner_for(model_dir: str, cfg: IxtConfig):
     import dataclasses
 
     from ixt_stream import models
-    from ixt_stream.condition import Conditioner, InferenceFeedback, record
+    from ixt_stream.condition import record
+    from ixt_stream.condition.format import Conditioner, InferenceFeedback
 
     source = cfg.eval.condition_from or model_dir
     found = record.read(source, cfg.condition)
@@ -195,7 +197,7 @@ def run(cfg: IxtConfig) -> dict:
 
 
 def main(cfg: IxtConfig, overrides: list[str]) -> int:
-    logging.basicConfig(level=cfg.run.log_level, format="%(asctime)s %(levelname)s eval: %(message)s")
+    logs.setup(cfg.run.log_level, "eval")
     report = run(cfg)  # a ConfigError (e.g. a bad eval.condition_from) is one line, exit 2 (hydra_app)
     out = Path(cfg.eval.output or Path(cfg.run.run_dir) / "eval.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 (a lazy import hides a circle from Python, not from a reader), forms an acyclic graph.
 
 The graph is read from the source (ast), so it covers modules whose imports need torch or vLLM too.
-A `TYPE_CHECKING` block counts as well: annotations name a dependency just the same.
+An `if TYPE_CHECKING:` block is left out: it never runs, and only names a type for annotations.
 """
 
 from __future__ import annotations
@@ -29,7 +29,10 @@ def graph() -> dict[str, set[str]]:
     edges: dict[str, set[str]] = {m: set() for m in files}
     for mod, path in files.items():
         package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        tree = ast.parse(path.read_text(), str(path))
+        for guard in [n for n in ast.walk(tree) if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING"]:
+            guard.body = []
+        for node in ast.walk(tree):
             targets: list[str] = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
@@ -44,6 +47,9 @@ def graph() -> dict[str, set[str]]:
                 while t and t not in files:
                     t = t.rpartition(".")[0]  # `import a.b.c` of a name inside a module
                 if t and t != mod:
+                    edges[mod].add(t)
+                # importing a.b.c runs the packages a and a.b first (those above `mod` already run)
+                while (t := t.rpartition(".")[0]) and not mod.startswith(t + "."):
                     edges[mod].add(t)
     return edges
 

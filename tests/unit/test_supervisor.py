@@ -46,7 +46,7 @@ def dummies(run_dir: Path) -> list[Service]:
         Service("stubborn", [PY, "-c", (  # ignores SIGTERM: needs the SIGKILL
             "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)")]),
         Service("reporter", [PY, "-c", (
-            "import time\nfrom ixt_stream.online.supervisor import write_status\n"
+            "import time\nfrom ixt_stream.metrics import write_status\n"
             f"write_status({str(run_dir)!r}, 'reporter', {{'step': 3, 'samples_per_s': 1.25}})\n"
             "time.sleep(600)")], threads=2),
     ]
