@@ -10,10 +10,10 @@ as one line naming the setting, `config error: <field>: <reason>`, with exit cod
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 
+from ixt_stream import lazy
 from ixt_stream.hydra_app import Command
 from ixt_stream.roles import ROLES
 
@@ -57,9 +57,7 @@ def usage() -> str:
             "`ixt <command> --help` lists the command's config groups and keys with what each one does.\n")
 
 
-def _load(target: str):
-    module, _, func = target.partition(":")
-    return getattr(importlib.import_module(module), func)
+_load = lazy.resolve
 
 
 def main(argv: list[str] | None = None) -> int:

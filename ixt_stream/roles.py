@@ -10,8 +10,9 @@ Imports nothing heavy: the table is read by the config and the CLI before any ro
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from ixt_stream import lazy
 
 if TYPE_CHECKING:
     from ixt_stream.config import IxtConfig
@@ -28,8 +29,7 @@ ROLES: dict[str, str] = {
 def serve(cfg: IxtConfig, overrides: list[str], role: str) -> int:
     """`ixt serve <role> [overrides]`: run one role in the foreground. The role's module is imported
     here, so `ixt serve reward` never imports torch for the learner and vice versa."""
-    module, _, func = ROLES[role].partition(":")
-    return int(getattr(importlib.import_module(module), func)(cfg) or 0)
+    return int(lazy.resolve(ROLES[role])(cfg) or 0)
 
 
 def prepare(cfg: IxtConfig, name: str, threads: int = 1):

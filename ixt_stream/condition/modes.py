@@ -4,16 +4,16 @@ A mode is a `Mode`: a function (label, critique) -> the feedback text, or None f
 segment at all (the unconditioned baseline), and whether the critique's own words appear in it
 (those are leak-checked). `format.Conditioner` reads a mode through this table only; the config's
 `ConditionMode` choices are its names. A new mode is one new module defining its `Mode` plus one
-line here. Imports only `types`, so the config can read the table without tokenizers or torch.
+line here. Imports only `types` and `lazy`, so the config can read the table without tokenizers or torch.
 Left out: modes that change the data segment itself (the format keeps prompt and response as they are).
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ixt_stream import lazy
 from ixt_stream.types import Label
 
 
@@ -50,7 +50,4 @@ MODES: dict[str, str] = {
 
 def get(name: str) -> Mode:
     """The `Mode` called `name`; ValueError for a name not in MODES."""
-    if name not in MODES:
-        raise ValueError(f"unknown conditioning mode {name!r}; choose one of {', '.join(MODES)}")
-    module, _, attr = MODES[name].partition(":")
-    return getattr(importlib.import_module(module), attr)
+    return lazy.resolve(lazy.choose(MODES, str(name), "conditioning mode"))

@@ -3,13 +3,14 @@
 A builder takes the whole `IxtConfig` and returns a `backend.Backend`; the built-in ones are in
 `builders`. A new backend is one new module (its class and its builder) plus one line here: the
 config's `RewardBackend` choices and the reward role (`server.main`) read this table. Imports
-nothing, so the config can read it without torch; a builder's module is imported only to build.
+only `lazy`, so the config can read it without torch; a builder's module is imported only to build.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from ixt_stream import lazy
 
 if TYPE_CHECKING:
     from ixt_stream.config import IxtConfig
@@ -28,8 +29,4 @@ BACKENDS: dict[str, str] = {
 def build(cfg: IxtConfig) -> Backend:
     """The critic `reward.backend` names, built from config (the one place that turns the name into
     an object; the server builds it before its port opens)."""
-    name = str(cfg.reward.backend)
-    if name not in BACKENDS:
-        raise ValueError(f"reward.backend: unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    module, _, func = BACKENDS[name].partition(":")
-    return getattr(importlib.import_module(module), func)(cfg)
+    return lazy.resolve(lazy.choose(BACKENDS, str(cfg.reward.backend), "reward backend"))(cfg)

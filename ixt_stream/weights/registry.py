@@ -4,13 +4,13 @@ Each transport is one module of `ixt_stream.weights` with `writer(cfg, root, run
 learner's `base.WeightWriter`) and `reader(cfg, root, run_id, generator_id)` (a generator's
 `base.WeightReader`); `cfg` is the `stream` section, `root` the run's weights folder. A new
 transport is one new module plus one line here: the config's `WeightTransport` choices, `publish.
-publisher` and `apply.applier` all read this table. Imports nothing, so the config can read it
+publisher` and `apply.applier` all read this table. Imports only `lazy`, so the config can read it
 without torch; a transport's module is imported only when it is set up.
 """
 
 from __future__ import annotations
 
-import importlib
+from ixt_stream import lazy
 
 TRANSPORTS: dict[str, tuple[str, str]] = {
     "filesystem": ("ixt_stream.weights.filesystem:writer", "ixt_stream.weights.filesystem:reader"),
@@ -21,7 +21,4 @@ TRANSPORTS: dict[str, tuple[str, str]] = {
 
 def factory(name: str, side: int):
     """The writer (side 0) or reader (side 1) factory of transport `name`."""
-    if name not in TRANSPORTS:
-        raise ValueError(f"unknown weight transport {name!r}; known: {', '.join(TRANSPORTS)}")
-    module, _, func = TRANSPORTS[name][side].partition(":")
-    return getattr(importlib.import_module(module), func)
+    return lazy.resolve(lazy.choose(TRANSPORTS, str(name), "weight transport")[side])
