@@ -561,7 +561,7 @@ def load(overrides: list[str] | None = None, config_dir: str | None = None) -> I
 
     Unknown keys and wrong types fail here (Hydra checks against the dataclass schema). The `ixt`
     command line runs through Hydra's own entry instead (`ixt_stream.hydra_app`); this is for
-    library callers: worker processes, services started by path, tests.
+    library callers: worker processes, benchmarks, tests.
     """
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
