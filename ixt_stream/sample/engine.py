@@ -176,7 +176,7 @@ class Engine:
         self.progress = progress
         self.llm = LLM(
             model=model_dir,
-            dtype=dtype,
+            dtype=str(dtype),  # a plain str: vLLM validates it against a Literal
             max_model_len=max_model_len,
             enforce_eager=True,
             seed=seed,
