@@ -159,7 +159,7 @@ def conditioner_for(model_dir: str, cfg: IxtConfig):
     import dataclasses
 
     from ixt_stream import models
-    from ixt_stream.condition import record
+    from ixt_stream.condition import modes, record
     from ixt_stream.condition.format import Conditioner, InferenceFeedback
 
     source = cfg.eval.condition_from or model_dir
@@ -168,7 +168,8 @@ def conditioner_for(model_dir: str, cfg: IxtConfig):
     if found and cond.mode != cfg.condition.mode:
         log.info("%s was trained with condition.mode=%s: evaluating in that mode", source, cond.mode)
     needs = [c for c in cfg.eval.conditions if c in ("positive", "negative")]
-    if cond.mode != "none" and needs and (inference is None or not inference.negative and "negative" in needs):
+    writes_feedback = modes.get(cond.mode).text is not None
+    if writes_feedback and needs and (inference is None or not inference.negative and "negative" in needs):
         raise ConfigError(
             f"eval.conditions: {needs} need the feedback the model was trained on, and {source} has no "
             f"record of it (ixt_condition.json); set eval.condition_from=<a model trained with feedback> "
