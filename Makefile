@@ -48,7 +48,7 @@ proto:
 	touch ixt_stream/wire/ixt/__init__.py ixt_stream/wire/ixt/v1/__init__.py
 
 lint:
-	$(BIN)/ruff check ixt_stream services tests bench scripts
+	$(BIN)/ruff check ixt_stream tests bench scripts
 
 test: setup lint
 	$(BIN)/pytest -q tests

@@ -82,6 +82,7 @@ def floors(points: list[tuple[float, float]], bucket_s: float = 30.0) -> list[tu
 
 
 def soak(minutes: float, work: Path) -> dict:
+    from ixt_stream import metrics
     from ixt_stream.config import load
     from ixt_stream.ledger import Ledger
     from ixt_stream.online import supervisor
@@ -124,7 +125,7 @@ def soak(minutes: float, work: Path) -> dict:
             "series_t_anon_rss_mb": [(round(t - started), round(a, 1), round(r, 1))
                                      for t, a, r in series[:: max(len(series) // 200, 1)]],
         }
-    summary = supervisor.read_status(run_dir, "learner")
+    summary = metrics.read_status(run_dir, "learner")
     disk = sum(p.stat().st_size for p in (run_dir / "checkpoints").rglob("*") if p.is_file()) / 2**20
     return {"overrides": overrides, "minutes": minutes, "wall_s": wall, "workdir": str(work),
             "warmup_s": warm - started, "services": per_service,

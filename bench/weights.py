@@ -78,14 +78,14 @@ def generator_worker(argv: list[str], name: str) -> None:
     from ixt_stream.sample.engine import Engine, _repack_all
     from ixt_stream.stream import sockets
     from ixt_stream.types import WeightAck
-    from ixt_stream.weights import apply, collective, shm
+    from ixt_stream.weights import apply, base, collective, filesystem, shm
 
     cfg = load(argv)
     engine = Engine(models.resolve(cfg.model), dtype="bfloat16", max_model_len=cfg.condition.max_seq_len,
                     kv_cache_gib=1, threads=1)
     root = Path(cfg.run.run_dir) / "weights"
     reader = ByTransport({
-        "filesystem": apply.FilesystemReader(root),
+        "filesystem": filesystem.FilesystemReader(root),
         "shm": shm.ShmReader(shm.run_tag(RUN_ID, root)),
         "collective": collective.CollectiveReader(cfg.stream.host, cfg.stream.collective_port, name,
                                                   cfg.stream.collective_timeout_s, "gloo"),
@@ -111,7 +111,7 @@ def generator_worker(argv: list[str], name: str) -> None:
         t0 = time.perf_counter()
         try:
             state_dict = reader.read(wv)  # what WeightApplier.apply does, timed apart
-        except apply.WeightRefused as e:
+        except base.WeightRefused as e:
             print(f"{name}: refused v{wv.version}: {e}", file=sys.stderr, flush=True)
             continue
         t1 = time.perf_counter()
@@ -220,7 +220,7 @@ def measure_size(model: str, repeats: int, work: Path, learner_dtype: str = "bf1
     from ixt_stream.config import load
     from ixt_stream.stream import sockets
     from ixt_stream.update.learner import Learner
-    from ixt_stream.weights import collective, publish, shm
+    from ixt_stream.weights import collective, filesystem, publish, shm
 
     run_dir = work / model
     run_dir.mkdir(parents=True)
@@ -236,7 +236,7 @@ def measure_size(model: str, repeats: int, work: Path, learner_dtype: str = "bf1
     root, dtype = run_dir / "weights", torch.bfloat16
     announce = sockets.sender(cfg.stream, "weights", RUN_ID)
     writers = {
-        "filesystem": publish.FilesystemWriter(root, keep=3, dtype=dtype),
+        "filesystem": filesystem.FilesystemWriter(root, keep=3, dtype=dtype),
         "shm": shm.ShmWriter(shm.run_tag(RUN_ID, root), dtype),
         "collective": collective.CollectiveWriter(cfg.stream.host, cfg.stream.collective_port, 60.0, "gloo", dtype),
     }

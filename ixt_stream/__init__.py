@@ -6,7 +6,11 @@ Data path, one package per stage:
   condition/  (Sample, Critique) -> ConditionedSample: [feedback][data], loss on data only
   batch/      ConditionedSamples -> token-budget batches (the single tensor boundary)
   update/     IXT loss and the DeepSpeed learner
-  weights/    new weights learner -> generators, same names both ends
+  weights/    new weights learner -> generators, same names both ends; one module per transport
+
+The processes (reward, learner, orchestrator, generators) are listed in `roles.py`; docs/architecture.md
+draws the data path with the message on each edge and says where to add a backend, mode, transport
+or role.
 """
 
 __version__ = "0.1.0"

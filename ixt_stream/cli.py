@@ -10,11 +10,12 @@ as one line naming the setting, `config error: <field>: <reason>`, with exit cod
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 
+from ixt_stream import lazy
 from ixt_stream.hydra_app import Command
+from ixt_stream.roles import ROLES
 
 _STACK = ("run", "metrics", "model", "task", "reward", "client", "condition", "learner", "generator", "stream")
 
@@ -22,8 +23,8 @@ _STACK = ("run", "metrics", "model", "task", "reward", "client", "condition", "l
 COMMANDS: dict[str, tuple[str, Command]] = {c.name: (target, c) for target, c in [
     ("ixt_stream.online.main_job:main",
      Command("run", "the main job: eval, online IXT loop, eval again, summary", (*_STACK, "eval"))),
-    ("ixt_stream.services:main",
-     Command("serve", "start one role in the foreground: reward | generator | orchestrator | learner", _STACK,
+    ("ixt_stream.roles:serve",
+     Command("serve", f"start one role in the foreground: {' | '.join(ROLES)}", _STACK,
              records=False, positional="<role>")),
     ("ixt_stream.offline.annotate:main",
      Command("annotate", "stream a dataset through the reward service -> annotated JSONL or Parquet",
@@ -45,7 +46,6 @@ COMMANDS: dict[str, tuple[str, Command]] = {c.name: (target, c) for target, c in
              ("run", "model", "reward", "condition", "experiment"), dir_key="experiment.out_dir")),
 ]}
 LEDGER = ("ixt_stream.ledger:main", "a run's sample accounting: generated = trained + dropped + in flight")
-ROLES = ("reward", "generator", "orchestrator", "learner")
 _COMPLETION = ("-sc", "--shell-completion")
 
 
@@ -57,9 +57,7 @@ def usage() -> str:
             "`ixt <command> --help` lists the command's config groups and keys with what each one does.\n")
 
 
-def _load(target: str):
-    module, _, func = target.partition(":")
-    return getattr(importlib.import_module(module), func)
+_load = lazy.resolve
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,14 +1,39 @@
 """Typed configuration for every role. Imports no torch, vLLM or DeepSpeed.
 
 Hydra composes `configs/*.yaml` over these dataclasses (registered as the structured schema), so a
-misspelled key or a wrong type fails at start with the field's name. `validate()` adds the checks a
-type cannot express (ranges, known backends).
+misspelled key, a wrong type or an unknown choice fails at start with the field's name. A choice is
+an Enum (OmegaConf 2.3 has no Literal); the pluggable ones are built from their registries, so a
+new backend, mode, transport or role is known here without an edit: `critique/registry.py`,
+`condition/modes.py`, `weights/registry.py`, `roles.py`. `validate()` adds the checks a type
+cannot express (ranges, relations between fields).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
+
+from ixt_stream.condition.modes import MODES
+from ixt_stream.critique.registry import BACKENDS
+from ixt_stream.roles import ROLES
+from ixt_stream.weights.registry import TRANSPORTS
+
+
+def _choices(name: str, names) -> type[StrEnum]:
+    """A str-valued Enum whose members are `names` (member == its name == its value)."""
+    return StrEnum(name, {n: n for n in names}, module=__name__)
+
+
+RewardBackend = _choices("RewardBackend", BACKENDS)
+ConditionMode = _choices("ConditionMode", MODES)
+WeightTransport = _choices("WeightTransport", TRANSPORTS)
+LearnerDtype = _choices("LearnerDtype", ("bf16", "fp32"))
+"""bf16 = autocast-free DeepSpeed bf16 with fp32 master weights."""
+EngineDtype = _choices("EngineDtype", ("bfloat16", "float16", "float32", "auto"))
+"""Weight dtype of an in-process vLLM / SGLang engine."""
+LeakPolicy = _choices("LeakPolicy", ("train", "redact", "drop"))
+BadInput = _choices("BadInput", ("skip", "fail"))
 
 
 @dataclass
@@ -29,11 +54,11 @@ class RunConfig:
     """Progress bars (count, rate, ETA) on stderr when it is a terminal; false = none, vLLM's included."""
     stop_grace_s: float = 15.0
     """`ixt down`: seconds between SIGTERM and SIGKILL."""
-    bad_input: str = "skip"
+    bad_input: BadInput = BadInput.skip
     """skip | fail. A bad row of an input file (`annotate.input`, `train.data`: not JSON, not UTF-8,
     a field of the wrong type) or a prompt / sample too long for `condition.max_seq_len`: skip it,
     log it as `file:line: reason`, count it and exit 1 at the end (skip), or stop at the first (fail)."""
-    roles: list[str] = field(default_factory=lambda: ["reward", "learner", "orchestrator", "generator"])
+    roles: list[str] = field(default_factory=lambda: list(ROLES))
     """`ixt up`: the roles started on this node; a two-node layout starts some on each node."""
     gpus: dict[str, list[int]] = field(default_factory=dict)
     """`ixt up` on a GPU node: role -> the GPU indices it may use (its CUDA_VISIBLE_DEVICES), e.g.
@@ -125,7 +150,7 @@ class LLMCriticConfig:
     api: str = "chat"
     """openai backend: chat (/chat/completions, the server applies the chat template) | completions"""
     request_timeout_s: float = 120.0
-    dtype: str = "bfloat16"
+    dtype: EngineDtype = EngineDtype.bfloat16
     """vllm / sglang backends: weight dtype of the in-process engine."""
     max_model_len: int = 2048
     """vllm backend: context length; longer prompts/responses are cut to fit before the call."""
@@ -138,8 +163,8 @@ class LLMCriticConfig:
 class RewardConfig:
     """The gRPC reward-model service."""
 
-    backend: str = "verifier"
-    """verifier | vllm | openai | hybrid | sglang | null"""
+    backend: RewardBackend = RewardBackend.verifier
+    """verifier | vllm | openai | hybrid | sglang | null (`critique/registry.py`)"""
     host: str = "127.0.0.1"
     port: int = 50551
     max_message_bytes: int = 4 * 1024 * 1024
@@ -185,13 +210,14 @@ class RewardClientConfig:
 class ConditionConfig:
     """The IXT format: how feedback is placed before the data."""
 
-    mode: str = "critique"
-    """critique (label + natural-language critique) | label (quality token only) | none (baseline)"""
+    mode: ConditionMode = ConditionMode.critique
+    """critique (label + natural-language critique) | label (quality token only) | none (baseline)
+    (`condition/modes.py`)"""
     feedback_dropout: float = 0.0
     """Fraction of training samples whose feedback prefix is dropped."""
     max_feedback_tokens: int = 160
     max_seq_len: int = 1024
-    leak_policy: str = "redact"
+    leak_policy: LeakPolicy = LeakPolicy.redact
     """A critique that contains the response's answer or the reference (from a plugged-in reward
     model; the built-in critics write none): train (as is) | redact (mask the leaked spans) |
     drop (ledgered `feedback_leak`). Leaks are counted under every policy."""
@@ -202,7 +228,7 @@ class LearnerConfig:
     """The DeepSpeed learner."""
 
     zero_stage: int = 0
-    dtype: str = "bf16"
+    dtype: LearnerDtype = LearnerDtype.bf16
     """bf16 | fp32 (bf16 = autocast-free DeepSpeed bf16 with fp32 master weights)."""
     lr: float = 1e-5
     """Peak AdamW learning rate, reached after `warmup_steps` of linear warmup, then constant."""
@@ -250,7 +276,7 @@ class GeneratorConfig:
     top_p: float = 1.0
     kv_cache_gib: int = 1
     threads: int = 1
-    dtype: str = "bfloat16"
+    dtype: EngineDtype = EngineDtype.bfloat16
     gpu_memory_utilization: float = 0.5
     tensor_parallel_size: int = 1
     index: int = 0
@@ -279,10 +305,11 @@ class StreamConfig:
     """A sample produced more than this many versions behind the learner is dropped (stale)."""
     sync_every: int = 2
     """Learner steps between weight pushes."""
-    weight_transport: str = "filesystem"
+    weight_transport: WeightTransport = WeightTransport.filesystem
     """filesystem (safetensors under `run_dir/weights`, shared folder) | collective (broadcast over a
     gloo / NCCL process group of the learner and the generators; see weights/collective.py) | shm
-    (a /dev/shm segment per version, generators on the learner's node; see weights/shm.py)"""
+    (a /dev/shm segment per version, generators on the learner's node; see weights/shm.py); the
+    choices are `weights/registry.py`'s."""
     collective_host: str = ""
     """collective: the learner's address, where its rendezvous store listens; empty = `host`."""
     collective_port: int = 5605
@@ -434,7 +461,7 @@ class ExperimentConfig:
     policy_max_new_tokens: int = 96
     tokens_per_batch: int = 2048
     max_samples_per_batch: int = 16
-    dtype: str = "bf16"
+    dtype: LearnerDtype = LearnerDtype.bf16
     """Learner dtype (bf16 | fp32); evaluation runs vLLM in bfloat16."""
     feedback_dropout: float = 0.5
     """Dropout of the ixt_dropout arm."""
@@ -466,10 +493,6 @@ class IxtConfig:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
 
-REWARD_BACKENDS = ("verifier", "vllm", "openai", "hybrid", "sglang", "null")
-CONDITION_MODES = ("critique", "label", "none")
-
-
 class ConfigError(ValueError):
     """A config value is invalid; the message names the field."""
 
@@ -481,16 +504,8 @@ def validate(cfg: IxtConfig) -> IxtConfig:
         if not ok:
             raise ConfigError(f"{name}: {why}")
 
-    check(cfg.reward.backend in REWARD_BACKENDS, "reward.backend",
-          f"unknown backend {cfg.reward.backend!r}; choose one of {', '.join(REWARD_BACKENDS)}")
-    check(cfg.run.bad_input in ("skip", "fail"), "run.bad_input", "must be skip or fail")
-    check(cfg.condition.mode in CONDITION_MODES, "condition.mode",
-          f"unknown mode {cfg.condition.mode!r}; choose one of {', '.join(CONDITION_MODES)}")
-    check(cfg.condition.leak_policy in ("train", "redact", "drop"), "condition.leak_policy",
-          f"unknown policy {cfg.condition.leak_policy!r}; choose train, redact or drop")
     check(0.0 <= cfg.condition.feedback_dropout <= 1.0, "condition.feedback_dropout", "must be in [0, 1]")
     check(cfg.learner.zero_stage in (0, 1, 2, 3), "learner.zero_stage", "must be 0, 1, 2 or 3")
-    check(cfg.learner.dtype in ("bf16", "fp32"), "learner.dtype", "must be bf16 or fp32")
     check(cfg.learner.tokens_per_batch >= cfg.condition.max_seq_len, "learner.tokens_per_batch",
           f"must be >= condition.max_seq_len ({cfg.condition.max_seq_len}) so every sample fits a batch")
     check(cfg.learner.max_samples_per_batch >= 1, "learner.max_samples_per_batch", "must be >= 1")
@@ -502,8 +517,6 @@ def validate(cfg: IxtConfig) -> IxtConfig:
     check(cfg.generator.samples_per_prompt >= 1, "generator.samples_per_prompt", "must be >= 1")
     check(cfg.stream.sync_every >= 1, "stream.sync_every", "must be >= 1")
     check(cfg.stream.max_version_lag >= 0, "stream.max_version_lag", "must be >= 0")
-    check(cfg.stream.weight_transport in ("filesystem", "collective", "shm"), "stream.weight_transport",
-          "must be filesystem, collective or shm")
     check(cfg.stream.keep_weight_versions >= 1, "stream.keep_weight_versions", "must be >= 1")
     check(0 <= cfg.generator.index < cfg.generator.num_generators, "generator.index",
           f"must be in [0, generator.num_generators={cfg.generator.num_generators})")
@@ -529,11 +542,16 @@ def register_schema() -> None:
 def describe(error: BaseException) -> str:
     """One line for a config error: `<field>: <reason>` when OmegaConf names the field, else
     Hydra's message on one line (an override it cannot parse, an unknown group option)."""
+    import re
+
     from omegaconf.errors import OmegaConfBaseException
 
     cause = error if isinstance(error, OmegaConfBaseException) else error.__cause__
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
-        return f"{cause.full_key}: {str(cause.msg).splitlines()[0]}"
+        msg = str(cause.msg).splitlines()[0]
+        if m := re.fullmatch(r"Invalid value (.*), expected one of \[(.*)\]", msg):  # an Enum choice
+            msg = f"unknown {cause.full_key.rsplit('.', 1)[-1]} {m[1]}; choose one of {m[2]}"
+        return f"{cause.full_key}: {msg}"
     text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
     return text.split(" Config search path:")[0][:400] or type(error).__name__
 
@@ -543,7 +561,7 @@ def load(overrides: list[str] | None = None, config_dir: str | None = None) -> I
 
     Unknown keys and wrong types fail here (Hydra checks against the dataclass schema). The `ixt`
     command line runs through Hydra's own entry instead (`ixt_stream.hydra_app`); this is for
-    library callers: worker processes, services started by path, tests.
+    library callers: worker processes, benchmarks, tests.
     """
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
@@ -558,15 +576,3 @@ def load(overrides: list[str] | None = None, config_dir: str | None = None) -> I
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         raise ConfigError(describe(e)) from e
     return validate(cfg)
-
-
-def load_or_exit(argv: list[str] | None = None) -> IxtConfig:
-    """`load` for mains started by path (`python -m services.reward.main`): a ConfigError is
-    printed (naming the field) and exits with 2."""
-    import sys
-
-    try:
-        return load(list(sys.argv[1:] if argv is None else argv))
-    except ConfigError as e:
-        sys.stderr.write(f"config error: {e}\n")
-        raise SystemExit(2) from None

@@ -1,11 +1,14 @@
-"""A tiny metrics sink: flat dicts with `/` keys -> JSONL, TensorBoard, prometheus, W&B, and a PNG.
+"""A tiny metrics sink: flat dicts with `/` keys -> JSONL, TensorBoard, prometheus, W&B, the status
+file, and a PNG.
 
 Every role logs `{"loss/ixt": 1.2, "weights/version": 3, ...}` at a step. The JSONL file
 (`run_dir/metrics/<role>.jsonl`, one object per call with `step` and `time`) is the record of
 truth; TensorBoard scalars (`run_dir/tb/<role>`), a prometheus gauge per key (served on
 127.0.0.1 when a port is set) and, with `metrics.wandb=true`, a Weights & Biases run per role
 (the same scalars at the same steps, plus the run's config; offline mode writes under
-`run_dir/wandb/`) are views of the same numbers. `plot_curves` draws the JSONL files into one PNG
+`run_dir/wandb/`) are views of the same numbers. So is the status file
+(`run_dir/status/<role>.json`, rewritten atomically by `status`): the few numbers `ixt status` shows
+for a running process, read back with `read_status`. `plot_curves` draws the JSONL files into one PNG
 at the end of a run. TensorBoard events are written with tensorboard's own writer, so roles that
 do not use torch (the orchestrator) do not import it; W&B is imported only when it is on.
 Left out: histograms, MLflow, and cross-process aggregation (each process logs its own file and
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import time
 from collections.abc import Mapping
@@ -44,6 +48,23 @@ def _number(v) -> float | None:
     return float(v) if math.isfinite(v) else None
 
 
+def write_status(run_dir: str | Path, name: str, status: Mapping[str, object]) -> None:
+    """Atomically replace `run_dir/status/<name>.json` (with the writer's pid and the time)."""
+    folder = Path(run_dir) / "status"
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{name}.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps({**status, "pid": os.getpid(), "time": time.time()}))
+    os.replace(tmp, folder / f"{name}.json")
+
+
+def read_status(run_dir: str | Path, name: str) -> dict:
+    """The latest status of process `name`; {} when it wrote none (or it is being replaced)."""
+    try:
+        return json.loads((Path(run_dir) / "status" / f"{name}.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 class MetricsSink:
     """Writes each `log` call to JSONL (+ TensorBoard, + prometheus gauges).
 
@@ -58,6 +79,7 @@ class MetricsSink:
 
     def __init__(self, run_dir: str | Path, role: str, tensorboard: bool = True, prometheus_port: int = 0,
                  wandb_init: dict | None = None):
+        self.run_dir, self.role = run_dir, role
         self.path = Path(run_dir) / "metrics" / f"{role}.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a")
@@ -101,6 +123,10 @@ class MetricsSink:
             self._tb.flush()
         if self._wandb is not None and numbers:
             self._wandb.log(numbers, step=step)
+
+    def status(self, values: Mapping[str, object]) -> None:
+        """Replace this role's status file: what `ixt status` shows (`done: true` = its work is finished)."""
+        write_status(self.run_dir, self.role, values)
 
     def close(self) -> None:
         self._file.close()

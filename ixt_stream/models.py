@@ -16,7 +16,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from ixt_stream import progress
+from ixt_stream import logs, progress
 from ixt_stream.config import ModelConfig, TinyModelConfig
 
 log = logging.getLogger(__name__)
@@ -129,5 +129,5 @@ def load_tokenizer(folder: str):
 
 
 if __name__ == "__main__":  # `make setup`: convert the embedded model once
-    logging.basicConfig(level=logging.INFO)
+    logs.setup(logging.INFO, "models")
     print(resolve(ModelConfig()))

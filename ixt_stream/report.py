@@ -84,7 +84,7 @@ def eval_reports(run_dir: Path) -> dict[str, dict]:
 
 def accuracy_ci(report: dict, resamples: int = 2000) -> dict[str, dict[str, float]]:
     """condition -> the mean exact score with its 95% bootstrap interval over problems."""
-    from ixt_stream.offline.evaluate import paired_ci, scores_by_condition
+    from ixt_stream.offline.paired import paired_ci, scores_by_condition
 
     out = {}
     for c, by_id in scores_by_condition(report).items():

@@ -1,9 +1,12 @@
-"""Shared fixtures: offline model folders (built once per machine, cached) and free ports."""
+"""Shared fixtures: offline model folders (built once per machine, cached), free ports, and teardown."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
+import subprocess
 
 import pytest
 
@@ -46,3 +49,19 @@ def free_port() -> int:
 @pytest.fixture
 def port() -> int:
     return free_port()
+
+
+def reap(proc: subprocess.Popen) -> None:
+    """Kill what is left of a subprocess started in its own session (its whole group) and wait."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture
+def teardown():
+    """An ExitStack unwound after the test, pass or fail (last registered, first undone): register
+    sockets and publishers (`teardown.callback(end.close)`) and processes (`teardown.callback(reap,
+    proc)`) as they are made, instead of a try/finally in every test."""
+    with contextlib.ExitStack() as stack:
+        yield stack

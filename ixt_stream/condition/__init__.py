@@ -1,11 +1,4 @@
-"""Stage 3: (Sample, Critique) -> ConditionedSample, the IXT training format."""
+"""Stage 3: (Sample, Critique) -> ConditionedSample, the IXT training format (`format`), the modes it
+writes feedback in (`modes`), the leak check (`leak`) and the record a trained model keeps (`record`).
 
-from ixt_stream.condition.format import (
-    Conditioner,
-    FeedbackCounter,
-    InferenceFeedback,
-    Rejected,
-    feedback_text,
-)
-
-__all__ = ["Conditioner", "FeedbackCounter", "InferenceFeedback", "Rejected", "feedback_text"]
+Imports nothing, so the config can read the mode table without importing the format."""

@@ -15,8 +15,8 @@ close an answer it did not finish. Text from outside (prompts, responses, docume
 encoded with special tokens split: a literal "<|im_end|>" in a response stays plain text, never a
 forged turn boundary; only the markup above is made of special tokens.
 
-Modes: "critique" (label + the critic's words), "label" (a quality token only, Quark/SteerLM
-style), "none" (the unconditioned baseline: no feedback segment at all). At inference the prefix is
+Modes (`modes.MODES`): "critique" (label + the critic's words), "label" (a quality token only,
+Quark/SteerLM style), "none" (the unconditioned baseline: no feedback segment at all). At inference the prefix is
 feedback the model was *trained on* (`InferenceFeedback`: the critique most often written for good,
 resp. bad, trained samples), never a sentence training never saw; "none" drops the prefix. Every
 critique is leak-checked (`condition.leak`) before it is used, under `leak_policy`.
@@ -30,7 +30,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
-from ixt_stream.condition import leak
+from ixt_stream.condition import leak, modes
 from ixt_stream.config import ConditionConfig
 from ixt_stream.types import ConditionedSample, Critique, Label, Sample
 
@@ -39,11 +39,9 @@ LEAK_POLICIES = ("train", "redact", "drop")
 
 
 def feedback_text(label: Label, critique: str, mode: str) -> str:
-    """The natural-language feedback prefix (without chat markup)."""
-    head = f"Feedback on the answer below. Quality: {label.word}."
-    if mode == "label" or not critique:
-        return head
-    return f"{head} Critique: {critique.strip()}"
+    """The natural-language feedback prefix (without chat markup); "" for a mode that writes none."""
+    text = modes.get(mode).text
+    return text(label, critique) if text is not None else ""
 
 
 class Rejected(ValueError):
@@ -97,7 +95,7 @@ class Conditioner:
 
     Args:
         tokenizer: a Hugging Face tokenizer with ChatML special tokens (SmolLM2, Qwen, ...).
-        mode: "critique" | "label" | "none".
+        mode: a name in `modes.MODES`: "critique" | "label" | "none".
         feedback_dropout: probability of training a sample without its feedback prefix.
         max_feedback_tokens: the critique is cut so the feedback segment fits this budget.
         max_seq_len: longer samples lose the tail of their response (never the prefix).
@@ -117,8 +115,7 @@ class Conditioner:
         inference: InferenceFeedback | None = None,
         seed: int = 0,
     ):
-        if mode not in ("critique", "label", "none"):
-            raise ValueError(f"unknown conditioning mode {mode!r}")
+        self._mode = modes.get(mode)  # ValueError for an unknown mode
         if leak_policy not in LEAK_POLICIES:
             raise ValueError(f"unknown leak policy {leak_policy!r}: {' | '.join(LEAK_POLICIES)}")
         self.tok = tokenizer
@@ -152,7 +149,7 @@ class Conditioner:
 
     def feedback_ids(self, label: Label, critique: str, document: bool) -> list[int]:
         """The feedback segment, the critique cut to fit `max_feedback_tokens`."""
-        if self.mode == "none":
+        if self._mode.text is None:
             return []
         open_, close = ("", "\n\n") if document else (f"{IM_START}system\n", f"{IM_END}\n")
         head, tail = self._markup(open_), self._markup(close)
@@ -176,7 +173,7 @@ class Conditioner:
 
     def checked(self, sample: Sample, critique: Critique) -> tuple[Critique, bool]:
         """The critique under the leak policy, and whether it leaked. Raises Rejected to drop."""
-        if self.mode != "critique" or not leak.find(critique.critique, sample):
+        if not self._mode.shows_critique or not leak.find(critique.critique, sample):
             return critique, False
         if self.leak_policy == "drop":
             raise Rejected("feedback_leak", f"sample {sample.sample_id}: the critique contains the answer")
@@ -222,7 +219,7 @@ class Conditioner:
         """Prompt token ids under a condition: "positive" (the default at inference), "negative",
         "unseen" (a positive paraphrase never trained on), or "none". A policy trained with mode
         "none" always gets no prefix."""
-        if condition == "none" or self.mode == "none":
+        if condition == "none" or self._mode.text is None:
             feedback = []
         else:
             known = self.inference.conditions() if self.inference else {}

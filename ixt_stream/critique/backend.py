@@ -5,8 +5,8 @@ sample per call; backends that gain from batching (LLM critics) batch concurrent
 (`batcher.DynamicBatcher`), so the server and the client never see batches. A backend raises
 `InvalidRequest` for input it cannot judge (the server turns it into INVALID_ARGUMENT),
 `BackendUnavailable` for a transient failure (UNAVAILABLE, retried by clients); any other exception
-is a server-side failure (INTERNAL). Constructors take plain parameters; only the
-service main picks and builds a backend from config.
+is a server-side failure (INTERNAL). Constructors take plain parameters; only `registry.build`
+picks and builds a backend from config (by name, `registry.BACKENDS`).
 """
 
 from __future__ import annotations

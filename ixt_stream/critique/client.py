@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                        grpc.StatusCode.RESOURCE_EXHAUSTED})
-_RETRYABLE_NAMES = frozenset(code.name for code in RETRYABLE)
+"""The one retry policy: calls failing with these codes are retried with backoff, and a caller whose
+stream failed for good with one of them waits for the service and opens a new stream."""
+RETRYABLE_NAMES = frozenset(code.name for code in RETRYABLE)
 SERVICE = pb.DESCRIPTOR.services_by_name["RewardModel"].full_name
 MAX_RECONNECT_BACKOFF_MS = 2000
 
@@ -217,7 +219,7 @@ class _StreamRun:
         self.ready.put_nowait((sample, attempt))
 
     def _settle(self, sample: Sample, attempt: int, code: str, message: str, tasks: set) -> None:
-        if code in _RETRYABLE_NAMES and attempt < self.c.retries:
+        if code in RETRYABLE_NAMES and attempt < self.c.retries:
             task = asyncio.create_task(self._retry_later(sample, attempt + 1))
             tasks.add(task)
             task.add_done_callback(tasks.discard)

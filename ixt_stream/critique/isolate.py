@@ -16,13 +16,13 @@ Left out: per-task worker pools, work stealing, keeping a killed worker's warm s
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import multiprocessing
 import signal
 import threading
 from multiprocessing.connection import Connection
 
+from ixt_stream import lazy
 from ixt_stream.critique.backend import BackendUnavailable, InvalidRequest
 from ixt_stream.types import Critique, ModelCard, Sample
 
@@ -35,8 +35,7 @@ START_TIMEOUT_S = 300.0
 def _serve(conn: Connection, backend_path: str, kwargs: dict) -> None:
     """Worker process: build the backend, send its card, then judge samples until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
-    module, _, name = backend_path.partition(":")
-    backend = getattr(importlib.import_module(module), name)(**kwargs)
+    backend = lazy.resolve(backend_path)(**kwargs)
     loop = asyncio.new_event_loop()
     conn.send(backend.card())
     while True:

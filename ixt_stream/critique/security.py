@@ -9,12 +9,12 @@ The token is compared in constant time. Left out: mTLS, per-token quotas, token 
 from __future__ import annotations
 
 import hmac
-import ipaddress
 from pathlib import Path
 
 import grpc
 
 from ixt_stream.config import ConfigError
+from ixt_stream.net import is_loopback
 
 OPEN_METHOD_PREFIX = "/grpc.health.v1.Health/"
 
@@ -41,15 +41,6 @@ def read_file(path: str, setting: str = "") -> bytes:
         return Path(path).expanduser().read_bytes()
     except OSError as e:
         raise ConfigError(f"{setting or path}: cannot read {path} ({e.strerror or e})") from None
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:  # a host name other than localhost may resolve anywhere
-        return False
 
 
 def check_exposure(host: str, auth_token: str) -> None:

@@ -14,6 +14,7 @@ INTERNAL, transient ones UNAVAILABLE; JSON in metadata['entry'] nested deeper th
 (`grpc.health.v1`) says SERVING once the server runs, which is after the backend was built;
 server reflection is on (grpcurl can list and call it). Optional bearer-token auth and TLS live in
 `security.py`.
+`main` is the reward role's entry point (`ixt serve reward`).
 Left out: per-caller quotas, request priorities, a queue in front of the backend.
 """
 
@@ -33,7 +34,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Gauge, Histogram
 
-from ixt_stream.config import ConfigError, RewardConfig
+from ixt_stream.config import ConfigError, IxtConfig, RewardConfig
 from ixt_stream.critique.backend import Backend, BackendUnavailable, InvalidRequest
 from ixt_stream.critique.security import BearerAuth, check_exposure, read_file, read_secret, server_credentials
 from ixt_stream.types import Sample
@@ -381,3 +382,26 @@ async def serve(backend: Backend, cfg: RewardConfig, status: Callable[[dict], No
         await (server.stop() if server is not None else backend.aclose())
         if reporter is not None:
             reporter.report()
+
+
+def main(cfg: IxtConfig) -> int:
+    """The reward role's entry point (`ixt serve reward`): logging -> refuse an exposed port -> build the
+    critic (`registry.build`) -> serve under uvloop -> clean up. The backend is built before the port
+    opens, so health says SERVING exactly when critiques can be answered (an LLM critic takes seconds
+    to load; clients wait on health)."""
+    import prometheus_client
+    import uvloop
+
+    from ixt_stream import logs
+    from ixt_stream.critique import registry
+    from ixt_stream.metrics import write_status
+
+    logs.setup(cfg.run.log_level, "reward")
+    # refuse an exposed port before a model loads
+    check_exposure(cfg.reward.host, read_secret(cfg.reward.auth_token_file, "reward.auth_token_file"))
+    if cfg.run.metrics_port:
+        prometheus_client.start_http_server(cfg.run.metrics_port, addr="127.0.0.1")
+    log.info("building the %s critic", cfg.reward.backend)
+    backend = registry.build(cfg)
+    uvloop.run(serve(backend, cfg.reward, status=lambda s: write_status(cfg.run.run_dir, "reward", s)))
+    return 0

@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from ixt_stream import corpus
+from ixt_stream import corpus, logs
 from ixt_stream.config import ExperimentConfig, ExperimentScaleConfig, IxtConfig
 
 log = logging.getLogger("ixt.experiment")
@@ -148,7 +148,7 @@ def main(argv: list[str]) -> int:
     from ixt_stream.config import load
 
     spec = json.loads(Path(argv[0]).read_text())
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s data: %(message)s")
+    logs.setup("INFO", "data")
     cfg = load(spec["overrides"])
     stem = Path(next(iter(spec["pools"].values()))).stem
     proc, address = start_reward_service(spec["overrides"], cfg.experiment.task.names,

@@ -42,7 +42,7 @@ def evaluate_scale(spec: dict) -> int:
     import torch
 
     from ixt_stream import models, tasks
-    from ixt_stream.condition import Conditioner, InferenceFeedback
+    from ixt_stream.condition.format import Conditioner, InferenceFeedback
     from ixt_stream.config import load
     from ixt_stream.offline.evaluate import evaluate
     from ixt_stream.sample.engine import Engine

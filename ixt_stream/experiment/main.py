@@ -26,7 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ixt_stream import progress
+from ixt_stream import logs, progress
 from ixt_stream.config import ConfigError, IxtConfig
 from ixt_stream.experiment.data import ARM_MODES, fingerprint, pool_name, worker_env
 from ixt_stream.experiment.eval_runs import result_path
@@ -199,7 +199,7 @@ def main(cfg: IxtConfig, overrides: list[str]) -> int:
     except ConfigError as e:
         sys.stderr.write(f"config error: {e}\n")
         return 2
-    logging.basicConfig(level=cfg.run.log_level, format="%(asctime)s %(levelname)s experiment: %(message)s")
+    logs.setup(cfg.run.log_level, "experiment")
     e = cfg.experiment
     out = Path(e.out_dir)
     out.mkdir(parents=True, exist_ok=True)

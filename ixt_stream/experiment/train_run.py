@@ -43,7 +43,7 @@ def train(spec: dict) -> dict:
 
     from ixt_stream import models
     from ixt_stream.batch.collate import collate, pack
-    from ixt_stream.condition import Conditioner, FeedbackCounter
+    from ixt_stream.condition.format import Conditioner, FeedbackCounter
     from ixt_stream.config import load
     from ixt_stream.experiment.analysis import training_flops
     from ixt_stream.experiment.data import arm_stream, read_pool

@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ixt_stream import corpus, progress
+from ixt_stream import corpus, logs, progress
 from ixt_stream.condition import leak
 from ixt_stream.config import ConfigError, IxtConfig
 from ixt_stream.corpus import BadInput, Skips, annotated_row, prepare_output
@@ -229,7 +229,7 @@ async def run_async(cfg: IxtConfig) -> Stats:
 def main(cfg: IxtConfig, overrides: list[str]) -> int:
     """Exit 0 when every input row was critiqued; 1 when any failed or was skipped (summary says
     why), or at the first bad row under `run.bad_input=fail`."""
-    logging.basicConfig(level=cfg.run.log_level, format="%(asctime)s %(levelname)s annotate: %(message)s")
+    logs.setup(cfg.run.log_level, "annotate")
     import uvloop
 
     try:

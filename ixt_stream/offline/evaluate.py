@@ -9,8 +9,8 @@ has no prefix. The base-model control evaluates the base model under a trained m
 (`eval.condition_from`). Held-out problems are distinct and disjoint by problem from training
 (`tasks.eval_prompts`); responses from vLLM; accuracy is exact (1 or 0 per problem).
 
-`evaluate()` is the reusable part; `paired_ci` and `compare` give paired bootstrap confidence
-intervals over problems (the same problems under two models or two conditions). Conditions that
+`evaluate()` is the reusable part; `offline.paired` turns its reports into paired bootstrap
+confidence intervals over problems (the same problems under two models or two conditions). Conditions that
 produce identical prompts are generated once. `ixt eval` writes its JSON report and `report.md`
 (`ixt_stream.report`) beside it.
 
@@ -29,54 +29,11 @@ import logging
 import sys
 from pathlib import Path
 
+from ixt_stream import logs
 from ixt_stream.config import ConfigError, IxtConfig
+from ixt_stream.offline.paired import gap
 
 log = logging.getLogger("ixt.eval")
-
-
-def paired_ci(a: list[float], b: list[float], resamples: int = 2000, seed: int = 0) -> dict[str, float]:
-    """mean(b - a) over paired items with a 95% percentile bootstrap interval (resampling items)."""
-    import numpy as np
-
-    diff = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
-    if diff.size == 0:
-        return {"diff": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": 0}
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, diff.size, size=(resamples, diff.size))].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return {"diff": float(diff.mean()), "lo": float(lo), "hi": float(hi), "n": int(diff.size)}
-
-
-def scores_by_condition(report: dict) -> dict[str, dict[str, float]]:
-    """condition -> prompt_id -> exact score, from an `evaluate` report."""
-    out: dict[str, dict[str, float]] = {}
-    for s in report["samples"]:
-        out.setdefault(s["condition"], {})[s["prompt_id"]] = s["score"]
-    return out
-
-
-def gap(report: dict, resamples: int = 2000) -> dict[str, float] | None:
-    """positive - negative accuracy on the same problems, with its paired CI."""
-    by = scores_by_condition(report)
-    if "positive" not in by or "negative" not in by:
-        return None
-    ids = sorted(by["positive"])
-    return paired_ci([by["negative"][i] for i in ids], [by["positive"][i] for i in ids], resamples)
-
-
-def compare(before: dict, after: dict, resamples: int = 2000) -> dict[str, dict[str, float]]:
-    """Per condition both reports share: after - before accuracy on the same problems, paired CI;
-    plus "gap": the change of the positive - negative gap (a difference of paired differences)."""
-    b, a = scores_by_condition(before), scores_by_condition(after)
-    out = {}
-    for c in b.keys() & a.keys():
-        ids = sorted(b[c].keys() & a[c].keys())
-        out[c] = paired_ci([b[c][i] for i in ids], [a[c][i] for i in ids], resamples)
-    if {"positive", "negative"} <= b.keys() & a.keys():
-        ids = sorted(b["positive"].keys() & a["positive"].keys())
-        out["gap"] = paired_ci([b["positive"][i] - b["negative"][i] for i in ids],
-                               [a["positive"][i] - a["negative"][i] for i in ids], resamples)
-    return out
 
 
 def evaluate(engine, conditioner, prompts, conditions, max_new_tokens: int, temperature: float) -> dict:
@@ -161,7 +118,8 @@ def conditioner_for(model_dir: str, cfg: IxtConfig):
     import dataclasses
 
     from ixt_stream import models
-    from ixt_stream.condition import Conditioner, InferenceFeedback, record
+    from ixt_stream.condition import modes, record
+    from ixt_stream.condition.format import Conditioner, InferenceFeedback
 
     source = cfg.eval.condition_from or model_dir
     found = record.read(source, cfg.condition)
@@ -169,7 +127,8 @@ def conditioner_for(model_dir: str, cfg: IxtConfig):
     if found and cond.mode != cfg.condition.mode:
         log.info("%s was trained with condition.mode=%s: evaluating in that mode", source, cond.mode)
     needs = [c for c in cfg.eval.conditions if c in ("positive", "negative")]
-    if cond.mode != "none" and needs and (inference is None or not inference.negative and "negative" in needs):
+    writes_feedback = modes.get(cond.mode).text is not None
+    if writes_feedback and needs and (inference is None or not inference.negative and "negative" in needs):
         raise ConfigError(
             f"eval.conditions: {needs} need the feedback the model was trained on, and {source} has no "
             f"record of it (ixt_condition.json); set eval.condition_from=<a model trained with feedback> "
@@ -198,7 +157,7 @@ def run(cfg: IxtConfig) -> dict:
 
 
 def main(cfg: IxtConfig, overrides: list[str]) -> int:
-    logging.basicConfig(level=cfg.run.log_level, format="%(asctime)s %(levelname)s eval: %(message)s")
+    logs.setup(cfg.run.log_level, "eval")
     report = run(cfg)  # a ConfigError (e.g. a bad eval.condition_from) is one line, exit 2 (hydra_app)
     out = Path(cfg.eval.output or Path(cfg.run.run_dir) / "eval.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -33,8 +33,9 @@ from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 
-from ixt_stream import progress
-from ixt_stream.condition import Conditioner, FeedbackCounter, record
+from ixt_stream import logs, progress
+from ixt_stream.condition import record
+from ixt_stream.condition.format import Conditioner, FeedbackCounter
 from ixt_stream.config import ConfigError, IxtConfig
 from ixt_stream.corpus import BadInput, Skips, read_annotated
 from ixt_stream.types import ConditionedSample, Critique, Sample
@@ -149,7 +150,7 @@ def train(cfg: IxtConfig) -> dict[str, float]:
 
 def main(cfg: IxtConfig, overrides: list[str]) -> int:
     """Prints the summary as one JSON line; exits 1 when rows were skipped (`train/skipped/<reason>`)."""
-    logging.basicConfig(level=cfg.run.log_level, format="%(asctime)s %(levelname)s train: %(message)s")
+    logs.setup(cfg.run.log_level, "train")
     try:
         summary = train(cfg)
     except ConfigError as e:

@@ -1,4 +1,5 @@
-"""The generator role: sample responses under positive feedback and PUSH them as `Sample`s.
+"""The generator role (`ixt serve generator generator.index=I`): sample responses under positive
+feedback and PUSH them as `Sample`s.
 
 One process, one in-process vLLM engine, one loop:
 
@@ -37,8 +38,8 @@ from ixt_stream import models, tasks
 from ixt_stream.config import IxtConfig
 from ixt_stream.ledger import Ledger
 from ixt_stream.metrics import MetricsSink
-from ixt_stream.online.supervisor import write_status
 from ixt_stream.stream import sockets
+from ixt_stream.stream.sockets import send_until_stopped
 from ixt_stream.types import Sample
 
 log = logging.getLogger(__name__)
@@ -49,14 +50,6 @@ def share(total: int, num_generators: int, index: int) -> int | None:
     if not total:
         return None
     return total // num_generators + (1 if index < total % num_generators else 0)
-
-
-def send_until_stopped(sender: sockets.Sender, body, stop: threading.Event, timeout_ms: int) -> bool:
-    """Block until `body` is queued (True) or a stop is requested (False). Never drops."""
-    while not stop.is_set():
-        if sender.send(body, timeout_ms=timeout_ms):
-            return True
-    return False
 
 
 def run(cfg: IxtConfig, stop: threading.Event) -> int:
@@ -149,12 +142,12 @@ def run(cfg: IxtConfig, stop: threading.Event) -> int:
                 "generator/prompts_too_long": too_long,
             }
             sink.log(metrics, step=call)
-            write_status(cfg.run.run_dir, name, metrics)
+            sink.status(metrics)
         log.info("%s: stopping after %d samples, %d tokens, weights v%d; skipped: %d prompts too long",
                  name, sent, tokens, weights.version, too_long)
         # done: its work is finished (quota or shard), so `ixt status` shows it finished, not dead
-        write_status(cfg.run.run_dir, name, {**metrics, "generator/samples": sent,
-                                             "generator/prompts_too_long": too_long, "done": not stop.is_set()})
+        sink.status({**metrics, "generator/samples": sent, "generator/prompts_too_long": too_long,
+                     "done": not stop.is_set()})
         return sent
     finally:
         ledger.close()
@@ -163,3 +156,11 @@ def run(cfg: IxtConfig, stop: threading.Event) -> int:
         acks.close()
         samples.close()
 
+
+def main(cfg: IxtConfig) -> int:
+    """The role's entry point: logging, threads, signals -> heavy imports (vLLM) -> generate -> stop on
+    SIGTERM/SIGINT after the engine call in flight."""
+    from ixt_stream.roles import prepare
+
+    run(cfg, prepare(cfg, f"generator-{cfg.generator.index}", cfg.generator.threads))
+    return 0

@@ -1,4 +1,4 @@
-"""The learner role: consume ConditionedSamples, train, publish weight versions.
+"""The learner role (`ixt serve learner`): consume ConditionedSamples, train, publish weight versions.
 
     prefetch thread: PULL ConditionedSample + PULL WeightAck -> bounded queue
     main loop:       fresh samples (stale / already-trained ones dropped, ledgered)
@@ -41,7 +41,6 @@ from ixt_stream import models
 from ixt_stream.config import ConfigError, IxtConfig, LearnerConfig
 from ixt_stream.ledger import Ledger
 from ixt_stream.metrics import MetricsSink
-from ixt_stream.online.supervisor import write_status
 from ixt_stream.stream import sockets
 from ixt_stream.types import ConditionedSample, Label, WeightAck
 from ixt_stream.wire.codec import FrameLimits
@@ -127,9 +126,9 @@ def resume(learner, ledger: Ledger, run_dir: Path, lc: LearnerConfig) -> int:
     trained and restart the version count under the generators' feet.
     """
     from ixt_stream.update import checkpoint_integrity as integrity
-    from ixt_stream.weights import publish
+    from ixt_stream.weights.base import LATEST
 
-    ckpt_dir, latest = run_dir / "checkpoints", run_dir / "weights" / publish.LATEST
+    ckpt_dir, latest = run_dir / "checkpoints", run_dir / "weights" / LATEST
     published = json.loads(latest.read_text())["version"] if latest.exists() else 0
     trained_to = ledger.last_trained_step()
     if not (integrity.tags(ckpt_dir) or published or trained_to):
@@ -158,7 +157,8 @@ def run(cfg: IxtConfig, stop: threading.Event) -> dict:
     """Train until `learner.max_steps` or `stop`; returns the final summary."""
     from ixt_stream.batch.collate import collate, pack
     from ixt_stream.batch.staleness import is_stale
-    from ixt_stream.condition import FeedbackCounter, record
+    from ixt_stream.condition import record
+    from ixt_stream.condition.format import FeedbackCounter
     from ixt_stream.update.learner import Learner
     from ixt_stream.weights import publish
 
@@ -264,7 +264,7 @@ def run(cfg: IxtConfig, stop: threading.Event) -> dict:
                 **{f"generators/{g}_version": v for g, v in prefetch.generator_versions.items()},
             })
             sink.log(metrics, step=learner.step)
-            write_status(run_dir, NAME, {k: metrics[k] for k in (
+            sink.status({k: metrics[k] for k in (
                 "train/step", "train/loss", "train/tokens_per_s", "weights/version", "learner/busy_fraction",
                 "learner/samples_per_s", "learner/queue_depth")} | {"generators": prefetch.generator_versions})
             if lc.log_every and learner.step % lc.log_every == 0:
@@ -291,8 +291,18 @@ def run(cfg: IxtConfig, stop: threading.Event) -> dict:
             "rejected_frames": dict(prefetch.rejects),
         }
         (run_dir / "learner_summary.json").write_text(json.dumps(summary, indent=2))
-        write_status(run_dir, NAME, summary)
+        sink.status(summary)
         sink.close()
         publisher.close()
         ledger.close()
     return summary
+
+
+def main(cfg: IxtConfig) -> int:
+    """The role's entry point: logging, threads, signals -> heavy imports (torch, DeepSpeed) -> train ->
+    stop on SIGTERM/SIGINT (the step in flight finishes; the learner exits cleanly)."""
+    from ixt_stream.roles import prepare
+
+    summary = run(cfg, prepare(cfg, NAME, cfg.learner.threads))
+    log.info("done: %s", summary)
+    return 0

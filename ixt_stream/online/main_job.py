@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from ixt_stream import metrics
 from ixt_stream.config import IxtConfig
 from ixt_stream.ledger import Ledger
 from ixt_stream.online import supervisor
@@ -35,12 +36,12 @@ def _eval(overrides: list[str], checkpoint: str, out: Path) -> dict:
 
 
 def _progress(cfg: IxtConfig) -> str:
-    s = supervisor.read_status(cfg.run.run_dir, "learner")
+    s = metrics.read_status(cfg.run.run_dir, "learner")
     if "done" in s:  # the learner's final summary
         return f"learner finished: {s['steps']} steps, {s['samples_trained']} samples, v{s['versions_pushed']}"
-    gens = {n: supervisor.read_status(cfg.run.run_dir, f"generator-{n}").get("weights/version")
+    gens = {n: metrics.read_status(cfg.run.run_dir, f"generator-{n}").get("weights/version")
             for n in range(cfg.generator.num_generators)}
-    orch = supervisor.read_status(cfg.run.run_dir, "orchestrator")
+    orch = metrics.read_status(cfg.run.run_dir, "orchestrator")
     return (f"step {int(s.get('train/step', 0))}/{cfg.learner.max_steps} loss {s.get('train/loss', float('nan')):.3f}"
             f" | v{s.get('weights/version', 0)} gens {gens} | critiques {orch.get('orchestrator/conditioned', 0)}"
             f" | busy {100 * s.get('learner/busy_fraction', 0):.0f}%")
@@ -94,8 +95,7 @@ def print_summary(summary: dict) -> None:
 
 def main(cfg: IxtConfig, overrides: list[str]) -> int:
     from ixt_stream import models
-    from ixt_stream.metrics import plot_curves
-    from ixt_stream.offline.evaluate import compare
+    from ixt_stream.offline.paired import compare
     from ixt_stream.report import LEARNER_CURVES, render
 
     run_dir = Path(cfg.run.run_dir)
@@ -119,8 +119,8 @@ def main(cfg: IxtConfig, overrides: list[str]) -> int:
         f"eval.condition_from={final}", f"eval.conditions=[{conditions}]"]
     before = _eval(control, models.resolve(cfg.model), run_dir / "eval_before.json")
     ledger = Ledger(run_dir / "ledger.sqlite").summary()
-    plot = plot_curves([run_dir / "metrics" / "learner.jsonl"], run_dir / "learning_curve.png",
-                       keys=LEARNER_CURVES)
+    plot = metrics.plot_curves([run_dir / "metrics" / "learner.jsonl"], run_dir / "learning_curve.png",
+                               keys=LEARNER_CURVES)
     summary = {
         "run_dir": str(run_dir), "eval_problems": int(after["metrics"]["eval/num_prompts"]),
         "positive_critique": after["feedback"].get("positive", ["", ""])[1],
@@ -134,7 +134,7 @@ def main(cfg: IxtConfig, overrides: list[str]) -> int:
         "ledger": ledger, "wall_s": time.time() - t0, "plot": str(plot),
         "skipped": {**ledger["dropped_by_reason"],
                     **{f"rejected_frames/{k}": v for k, v in learner.get("rejected_frames", {}).items()},
-                    "prompts_too_long": sum(supervisor.read_status(run_dir, f"generator-{i}").get(
+                    "prompts_too_long": sum(metrics.read_status(run_dir, f"generator-{i}").get(
                         "generator/prompts_too_long", 0) for i in range(cfg.generator.num_generators))},
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -1,4 +1,4 @@
-"""The orchestrator role (critique stage): Sample -> critique -> ConditionedSample.
+"""The orchestrator role (critique stage, `ixt serve orchestrator`): Sample -> critique -> ConditionedSample.
 
     PULL Sample (generators) -> CritiqueStream (reward service, bounded in flight)
         -> hindsight relabelling: the prompt's positive prefix is *replaced* by the fresh critique
@@ -35,19 +35,18 @@ from pathlib import Path
 
 from ixt_stream import models
 from ixt_stream.batch.staleness import is_stale
-from ixt_stream.condition import Conditioner, Rejected
+from ixt_stream.condition.format import Conditioner, Rejected
 from ixt_stream.config import IxtConfig
-from ixt_stream.critique.client import RETRYABLE, CritiqueError, RewardClient
+from ixt_stream.critique.client import RETRYABLE_NAMES, CritiqueError, RewardClient
 from ixt_stream.ledger import Ledger
 from ixt_stream.metrics import MetricsSink
-from ixt_stream.online.supervisor import write_status
 from ixt_stream.report import SampleLog
 from ixt_stream.stream import sockets
+from ixt_stream.stream.sockets import asend_until_stopped
 from ixt_stream.types import Sample
 
 log = logging.getLogger(__name__)
 NAME = "orchestrator"
-TRANSIENT = frozenset(code.name for code in RETRYABLE)
 
 
 async def run(cfg: IxtConfig, stop: asyncio.Event) -> dict:
@@ -80,7 +79,7 @@ async def run(cfg: IxtConfig, stop: asyncio.Event) -> dict:
             "orchestrator/rejected_frames": sum(samples.rejects.values()),
         }
         sink.log(metrics, step=counts["conditioned"])
-        write_status(run_dir, NAME, metrics)
+        sink.status(metrics)
 
     pending: dict[str, Sample] = {}
     """Samples taken off the socket and not yet answered: what a new stream sends again."""
@@ -121,16 +120,6 @@ async def run(cfg: IxtConfig, stop: asyncio.Event) -> dict:
         ready.result()  # TimeoutError: the service is gone for good
         return True
 
-    async def push(body) -> bool:
-        """Queue one frame, waiting at the HWM (never dropping) but noticing a stop."""
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(out.asend(body), timeout=0.5)
-                return True
-            except TimeoutError:
-                continue
-        return False
-
     client = RewardClient.from_config(cfg.client)
     try:
         last_report = 0.0
@@ -154,7 +143,7 @@ async def run(cfg: IxtConfig, stop: asyncio.Event) -> dict:
                         continue
                     counts["feedback_leaks"] += conditioned.feedback_leaked
                     ledger.critiqued([sid])
-                    if not await push(conditioned):
+                    if not await asend_until_stopped(out, conditioned, stop):
                         continue  # stopping: it stays 'critiqued' (in flight) in the ledger
                     counts["conditioned"] += 1
                     examples.add(result.sample, result.critique)
@@ -165,7 +154,7 @@ async def run(cfg: IxtConfig, stop: asyncio.Event) -> dict:
                         report(last_report - started)
                 break  # the samples socket was closed by a stop
             except CritiqueError as e:
-                if e.code not in TRANSIENT:
+                if e.code not in RETRYABLE_NAMES:
                     raise  # e.g. UNAUTHENTICATED: waiting does not fix it
                 counts["stream_restarts"] += 1
                 log.warning("reward stream failed for good (%s); %d samples pending; waiting for %s",
@@ -174,11 +163,33 @@ async def run(cfg: IxtConfig, stop: asyncio.Event) -> dict:
         for task in receiving:
             task.cancel()
         await client.close()
-        write_status(run_dir, NAME, {**{f"orchestrator/{k}": v for k, v in counts.items()},
-                                     "orchestrator/rejects": dict(samples.rejects)})
+        sink.status({**{f"orchestrator/{k}": v for k, v in counts.items()},
+                     "orchestrator/rejects": dict(samples.rejects)})
         sink.close()
         samples.close()
         weights.close()
         out.close()
         ledger.close()
     return counts
+
+
+def main(cfg: IxtConfig) -> int:
+    """The role's entry point: logging -> the critique stage under uvloop -> stop on SIGTERM/SIGINT."""
+    import signal
+
+    import uvloop
+
+    from ixt_stream import logs
+
+    logs.setup(cfg.run.log_level, NAME)
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        counts = await run(cfg, stop)
+        log.info("stopped: %s", counts)
+
+    uvloop.run(serve())
+    return 0

@@ -3,12 +3,12 @@
 Each service is one `ixt serve <role> ...overrides` process, started in its own session so that
 its process group holds every child it spawns. Its state lives in `run.run_dir`:
 `logs/<name>.log` (stdout+stderr), `pids/<name>.json` (pid, start time, argv) and
-`status/<name>.json`, which the role itself rewrites with `write_status` (learner step, samples/s,
-weight version, queue depths, critique latency, ...). The recorded start time means a recycled pid
-is never signalled. `down` sends SIGTERM to every session, waits `run.stop_grace_s`, SIGKILLs what
-is left and removes a pid file only once its whole session is gone.
+`status/<name>.json`, which the role itself rewrites through its metrics sink (`MetricsSink.status`:
+learner step, samples/s, weight version, queue depths, critique latency, ...). The recorded start
+time means a recycled pid is never signalled. `down` sends SIGTERM to every session, waits
+`run.stop_grace_s`, SIGKILLs what is left and removes a pid file only once its whole session is gone.
 
-Services start in `ROLES` order (reward, learner, orchestrator, generators): the ends that bind
+Services start in `roles.ROLES` order (reward, learner, orchestrator, generators): the ends that bind
 ZeroMQ sockets first, though ZeroMQ would also connect in any order. `ixt up` skips services that
 are already alive, so re-running it restarts only the dead ones. Each service gets
 OMP_NUM_THREADS from its role's `threads` setting (1 elsewhere): on two cores co-located processes
@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ixt_stream.config import ConfigError, IxtConfig
+from ixt_stream.metrics import read_status
+from ixt_stream.roles import ROLES
 
 _RANK_VARS = frozenset({"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"})
-ROLES = ("reward", "learner", "orchestrator", "generator")
 
 
 @dataclass
@@ -91,25 +92,6 @@ def stack(cfg: IxtConfig, overrides: list[str]) -> list[Service]:
         for i, s in enumerate(out):
             s.argv.append(f"run.metrics_port={cfg.run.metrics_port + i}")
     return out
-
-
-# -- status files (written by the roles) ------------------------------------------------------
-
-
-def write_status(run_dir: str | Path, name: str, status: dict) -> None:
-    """Atomically replace `run_dir/status/<name>.json`; roles call this every few seconds."""
-    folder = Path(run_dir) / "status"
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{name}.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps({**status, "pid": os.getpid(), "time": time.time()}))
-    os.replace(tmp, folder / f"{name}.json")
-
-
-def read_status(run_dir: str | Path, name: str) -> dict:
-    try:
-        return json.loads((Path(run_dir) / "status" / f"{name}.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 # -- processes --------------------------------------------------------------------------------

@@ -176,7 +176,7 @@ class Engine:
         self.progress = progress
         self.llm = LLM(
             model=model_dir,
-            dtype=dtype,
+            dtype=str(dtype),  # a plain str: vLLM validates it against a Literal
             max_model_len=max_model_len,
             enforce_eager=True,
             seed=seed,
@@ -209,14 +209,6 @@ class Engine:
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
                                  use_tqdm=bool(self.progress) and progress.labelled(self.progress))
         return [[Completion(c.text, list(c.token_ids), c.finish_reason or "") for c in o.outputs] for o in outs]
-
-    def generate_text(self, prompts: list[str], max_new_tokens: int, temperature: float = 0.0) -> list[str]:
-        """One completion per plain-text prompt (used by LLM critics)."""
-        from vllm import SamplingParams
-
-        params = SamplingParams(n=1, max_tokens=max_new_tokens, temperature=temperature)
-        outs = self.llm.generate(prompts, params, use_tqdm=False)
-        return [o.outputs[0].text for o in outs]
 
     def reload_weights(self, weights_path: str | None = None, state_dict: dict | None = None) -> float:
         """Swap in new weights without restarting; returns seconds spent (split in `last_reload`).

@@ -5,7 +5,8 @@ PULL), conditioned (orchestrator PUSH -> learner PULL), weights (learner PUB -> 
 acks (generators PUSH -> learner PULL). The single stable end of each link binds; the many connect.
 
 Senders block at the high-water mark and never drop (PUSH semantics); a blocked `send` wakes every
-`timeout_ms` so a role can notice shutdown. Small kernel socket buffers (`stream.tcp_buffer_bytes`)
+`timeout_ms` so a role can notice shutdown (`send_until_stopped`, `asend_until_stopped`: the one
+wait-at-the-HWM-but-notice-a-stop loop, sync and async). Small kernel socket buffers (`stream.tcp_buffer_bytes`)
 keep the HWM meaningful: with the OS default, thousands of small frames would wait in flight.
 Receivers turn bytes into types with `wire.codec.decode_frame` and never raise on garbage: a bad
 frame is counted by reason (a prometheus counter and `Receiver.rejects`), logged, and skipped.
@@ -17,8 +18,9 @@ Left out: ROUTER/DEALER patterns, multipart frames, and per-link hosts (one `str
 
 from __future__ import annotations
 
-import ipaddress
+import asyncio
 import logging
+import threading
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ import zmq.asyncio
 from prometheus_client import Counter as PromCounter
 
 from ixt_stream.config import ConfigError, StreamConfig
+from ixt_stream.net import is_loopback
 from ixt_stream.types import ConditionedSample, Sample, WeightAck, WeightVersion
 from ixt_stream.wire.codec import Body, FrameLimits, Reject, decode_frame, encode_frame
 
@@ -93,15 +96,6 @@ def _secure(sock: zmq.Socket, keys_dir: str, server: bool) -> None:
         sock.curve_secretkey, sock.curve_publickey, sock.curve_serverkey = secret, public, server_public
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def open_socket(cfg: StreamConfig, link: str, side: str, ctx: zmq.Context | None = None) -> zmq.Socket:
     """A configured socket for one end (`side` = "send" | "recv") of `link`, bound or connected.
 
@@ -110,7 +104,7 @@ def open_socket(cfg: StreamConfig, link: str, side: str, ctx: zmq.Context | None
     port setting when the address cannot be bound (in use).
     """
     spec = LINKS[link]
-    if not cfg.curve_keys_dir and not _is_loopback(cfg.host):
+    if not cfg.curve_keys_dir and not is_loopback(cfg.host):
         raise ConfigError(
             f"stream.host={cfg.host!r} is not a loopback address; set stream.curve_keys_dir "
             f"(see sockets.create_curve_keys) to encrypt and authenticate the ZeroMQ links"
@@ -233,3 +227,23 @@ def sender(cfg: StreamConfig, link: str, run_id: str, ctx: zmq.Context | None = 
 def receiver(cfg: StreamConfig, link: str, run_id: str, ctx: zmq.Context | None = None,
              limits: FrameLimits | None = None) -> Receiver:
     return Receiver(open_socket(cfg, link, "recv", ctx), link, run_id, limits)
+
+
+def send_until_stopped(sender: Sender, body: Body, stop: threading.Event, timeout_ms: int) -> bool:
+    """Block until `body` is queued (True) or `stop` is set (False): wait at the high-water mark,
+    waking every `timeout_ms` only to notice a stop. Never drops."""
+    while not stop.is_set():
+        if sender.send(body, timeout_ms=timeout_ms):
+            return True
+    return False
+
+
+async def asend_until_stopped(sender: Sender, body: Body, stop: asyncio.Event, timeout_s: float = 0.5) -> bool:
+    """`send_until_stopped` for asyncio roles: the event loop keeps running while it waits."""
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(sender.asend(body), timeout=timeout_s)
+            return True
+        except TimeoutError:
+            continue
+    return False

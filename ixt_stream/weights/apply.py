@@ -1,17 +1,17 @@
 """Generator side of a weight version: hear the announcement, verify the payload, swap it in.
 
-Mirrors `publish.py` name for name: a `WeightReader` per transport (`FilesystemReader` reads what
-`FilesystemWriter` wrote) behind a `WeightApplier` that the generator calls between engine calls.
-Announcements are drained and only the newest pending version is kept: a generator that fell two
-versions behind jumps straight to the latest. Its first poll also reads `run_dir/weights/LATEST`,
-because PUB does not replay announcements made before it connected.
+Mirrors `publish.py`: a `base.WeightReader` of the transport `stream.weight_transport` names
+(`registry.TRANSPORTS`; `filesystem.FilesystemReader` reads what `FilesystemWriter` wrote) behind
+a `WeightApplier` that the generator calls between engine calls. Announcements are drained and
+only the newest pending version is kept: a generator that fell two versions behind jumps straight
+to the latest. Its first poll also reads `run_dir/weights/LATEST`, because PUB does not replay
+announcements made before it connected.
 
-A payload is applied only if its size and BLAKE3 digest match the announcement; a missing, truncated,
-mismatched or unreadable file is refused (logged, counted by reason in `WeightApplier.refused` and
-prometheus) and the engine keeps its current weights. The verified bytes themselves are loaded
-and handed to `Engine.reload_weights(state_dict=...)`, so nothing re-reads the file after the check.
-`collective.CollectiveReader` receives over a process group instead, `shm.ShmReader` maps a
-shared-memory segment; both are held to the same check.
+Every reader checks the payload's size and digest against the announcement before it hands a
+tensor over; a missing, truncated, mismatched or unreadable payload is refused (logged, counted by
+reason in `WeightApplier.refused` and prometheus) and the engine keeps its current weights. The
+verified tensors themselves go to `Engine.reload_weights(state_dict=...)`, so nothing re-reads the
+payload after the check.
 Left out: retrying a refused version (the next one supersedes it).
 """
 
@@ -24,63 +24,23 @@ from collections import Counter
 from pathlib import Path
 from typing import Protocol
 
-import blake3
-import torch
 from prometheus_client import Counter as PromCounter
 
 from ixt_stream.config import StreamConfig
 from ixt_stream.stream import sockets
 from ixt_stream.types import WeightAck, WeightVersion
-from ixt_stream.weights.base import WeightRefused
-from ixt_stream.weights.publish import LATEST, WEIGHTS_FILE
+from ixt_stream.weights import registry
+from ixt_stream.weights.base import LATEST, WeightReader, WeightRefused
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_REFUSED = PromCounter("ixt_weights_refused", "Weight versions refused by a generator", ["reason"])
 
 
-class WeightReader(Protocol):
-    """Fetches one announced version's tensors; raises WeightRefused rather than return bad ones."""
-
-    def read(self, wv: WeightVersion) -> dict[str, torch.Tensor]: ...
-
-    def close(self) -> None: ...
-
-
 class Reloadable(Protocol):
     """What the applier needs of an engine (`sample.engine.Engine`, or a fake in tests)."""
 
     def reload_weights(self, weights_path: str | None = None, state_dict: dict | None = None) -> float: ...
-
-
-class FilesystemReader:
-    """Reads `<uri>/model.safetensors` under `root`, checking size and BLAKE3 digest before parsing."""
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root).resolve()
-
-    def read(self, wv: WeightVersion) -> dict[str, torch.Tensor]:
-        from safetensors.torch import load
-
-        path = Path(wv.uri).resolve() / WEIGHTS_FILE
-        if not path.is_relative_to(self.root):
-            raise WeightRefused("outside_root", f"{path} is not under {self.root}")
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise WeightRefused("missing", str(e)) from e
-        if len(data) != wv.num_bytes:
-            raise WeightRefused("truncated", f"{path}: {len(data)} bytes, announced {wv.num_bytes}")
-        digest = blake3.blake3(data).hexdigest()
-        if digest != wv.digest:
-            raise WeightRefused("digest_mismatch", f"{path}: digest {digest}, announced {wv.digest}")
-        try:
-            return load(data)
-        except Exception as e:  # safetensors raises its own error types on a corrupt header
-            raise WeightRefused("unreadable", f"{path}: {e}") from e
-
-    def close(self) -> None:
-        pass
 
 
 class WeightApplier:
@@ -151,15 +111,5 @@ class WeightApplier:
 def applier(cfg: StreamConfig, run_dir: str, run_id: str, generator_id: str) -> WeightApplier:
     """A generator's applier for `cfg.weight_transport`; connects the weights SUB socket."""
     root = Path(run_dir) / "weights"
-    if cfg.weight_transport == "collective":
-        from ixt_stream.weights.collective import CollectiveReader
-
-        reader = CollectiveReader(cfg.collective_host or cfg.host, cfg.collective_port, generator_id,
-                                  cfg.collective_timeout_s, cfg.collective_backend)
-    elif cfg.weight_transport == "shm":
-        from ixt_stream.weights.shm import ShmReader, run_tag
-
-        reader = ShmReader(run_tag(run_id, root))
-    else:
-        reader = FilesystemReader(root)
+    reader = registry.factory(cfg.weight_transport, 1)(cfg, root, run_id, generator_id)
     return WeightApplier(reader, sockets.receiver(cfg, "weights", run_id), root, generator_id)

@@ -1,18 +1,25 @@
-"""What every weight transport shares: the refusal error, the tensors a version carries, and the
-flat layout (one aligned byte buffer described by a JSON header) used by the transports that move
-bytes rather than files (`collective`, `shm`).
+"""What every weight transport shares: the writer / reader interfaces, the refusal error, the name of
+the LATEST record, the tensors a version carries, and the flat layout (one aligned byte buffer
+described by a JSON header) used by the transports that move bytes rather than files (`collective`,
+`shm`).
 
-Imports nothing from its sibling modules, so transports import it and not each other.
-Left out: the writer / reader interfaces themselves (`publish.WeightWriter`, `apply.WeightReader`).
+Imports nothing from its sibling modules, so transports import it and not each other; `publish`
+(learner) and `apply` (generator) drive any transport through these interfaces only.
+Left out: choosing a transport (`registry.TRANSPORTS`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Protocol
 
 import torch
 
+from ixt_stream.types import WeightVersion
+
+LATEST = "LATEST"
+"""`run_dir/weights/LATEST`: JSON of the newest published `WeightVersion`, whatever the transport."""
 ALIGN = 64
 """Byte alignment of each tensor in a flat payload (any dtype can be viewed in place)."""
 
@@ -23,6 +30,27 @@ class WeightRefused(Exception):
     def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")
         self.reason, self.detail = reason, detail
+
+
+class WeightWriter(Protocol):
+    """Learner side of a transport: moves one version's tensors toward the generators."""
+
+    transport: str
+
+    def write(self, state_dict: Mapping[str, torch.Tensor], version: int) -> tuple[str, str, int]:
+        """Returns (uri, hex digest of the payload, payload bytes): what the announcement carries."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class WeightReader(Protocol):
+    """Generator side of a transport: fetches one announced version's tensors; raises WeightRefused
+    rather than return bad ones (the digest is checked before anything is handed over)."""
+
+    def read(self, wv: WeightVersion) -> dict[str, torch.Tensor]: ...
+
+    def close(self) -> None: ...
 
 
 def unique_tensors(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,8 +1,8 @@
 """Weight versions over a process group: the learner broadcasts, generators receive. Both ends.
 
 The collective transport (`stream.weight_transport=collective`) moves tensors with one broadcast
-instead of a file: `CollectiveWriter` (learner, a `publish.WeightWriter`) and `CollectiveReader`
-(generator, an `apply.WeightReader`) live in this one file, as prime-rl keeps its NCCL sender and
+instead of a file: `CollectiveWriter` (learner, a `base.WeightWriter`) and `CollectiveReader`
+(generator, a `base.WeightReader`) live in this one file, as prime-rl keeps its NCCL sender and
 receiver under one name. Announcements, LATEST, acks and the BLAKE3 check are unchanged: the
 `WeightVersion` still travels over the (CURVE-authenticated) ZeroMQ PUB socket and still carries
 the digest, so nothing received over the unauthenticated group is applied unless it matches.
@@ -68,6 +68,7 @@ import blake3
 import torch
 from torch.distributed import BroadcastOptions, PrefixStore, ProcessGroupGloo, TCPStore
 
+from ixt_stream.config import StreamConfig
 from ixt_stream.types import WeightVersion
 from ixt_stream.weights.base import WeightRefused, layout, payload_tensors, unpack
 
@@ -380,3 +381,13 @@ class CollectiveReader:
         with self._cond:
             self._generation, self._latest = g, -1
             self._cond.notify_all()
+
+
+def writer(cfg: StreamConfig, root, run_id: str, dtype: torch.dtype | None) -> CollectiveWriter:
+    return CollectiveWriter(cfg.collective_host or cfg.host, cfg.collective_port, cfg.collective_timeout_s,
+                            cfg.collective_backend, dtype)
+
+
+def reader(cfg: StreamConfig, root, run_id: str, generator_id: str) -> CollectiveReader:
+    return CollectiveReader(cfg.collective_host or cfg.host, cfg.collective_port, generator_id,
+                            cfg.collective_timeout_s, cfg.collective_backend)

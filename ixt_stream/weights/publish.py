@@ -5,14 +5,10 @@ it between engine calls) and `run_dir/weights/LATEST` (JSON of the same fields).
 to subscribers connected at that moment, so a generator (re)started mid-run reads LATEST before it
 produces anything (the first `apply.WeightApplier.poll`); the learner never re-announces.
 
-How tensors travel is a `WeightWriter`, chosen by `stream.weight_transport`. `FilesystemWriter`
-writes `run_dir/weights/v{N}/model.safetensors` into a temporary folder, hashes the file, and
-renames the folder into place, so a reader sees a whole, hashed version or none; only the newest
-`keep` versions stay on disk. `collective.CollectiveWriter` broadcasts over a process group (gloo
-or NCCL) instead, `shm.ShmWriter` writes a shared-memory segment on this node; their uri names the
-group or the segment, and LATEST / the announcement stay the same.
-Left out: publishing from a background thread (the learner waits for the write), and fsync (a
-version lost to a power cut is simply re-published by the next sync).
+How tensors travel is a `base.WeightWriter`, named by `stream.weight_transport` and built through
+`registry.TRANSPORTS` (`filesystem`, `collective`, `shm`: one module each); its uri names the
+file, the group or the segment, and LATEST / the announcement stay the same for all of them.
+Left out: publishing from a background thread (the learner waits for the write).
 """
 
 from __future__ import annotations
@@ -21,77 +17,19 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
 
-import blake3
 import torch
 
 from ixt_stream.config import StreamConfig
 from ixt_stream.stream import sockets
 from ixt_stream.types import WeightVersion
-from ixt_stream.weights.base import payload_tensors
+from ixt_stream.weights import registry
+from ixt_stream.weights.base import LATEST, WeightWriter
 
 log = logging.getLogger(__name__)
-
-WEIGHTS_FILE = "model.safetensors"
-LATEST = "LATEST"
-
-
-class WeightWriter(Protocol):
-    """Moves one version's tensors toward the generators."""
-
-    transport: str
-
-    def write(self, state_dict: Mapping[str, torch.Tensor], version: int) -> tuple[str, str, int]:
-        """Returns (uri, BLAKE3 hex of the payload, payload bytes)."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class FilesystemWriter:
-    """Writes `root/v{N}/model.safetensors` atomically and keeps the newest `keep` versions.
-
-    Args:
-        root: the weights folder (`run_dir/weights`), shared with the generators.
-        keep: versions kept on disk; older folders are deleted after each write.
-        dtype: cast tensors to this dtype before writing (None = keep the learner's dtype).
-    """
-
-    transport = "filesystem"
-
-    def __init__(self, root: str | Path, keep: int = 3, dtype: torch.dtype | None = None):
-        self.root, self.keep, self.dtype = Path(root).resolve(), keep, dtype
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    def write(self, state_dict: Mapping[str, torch.Tensor], version: int) -> tuple[str, str, int]:
-        from safetensors.torch import save_file
-
-        final, tmp = self.root / f"v{version}", self.root / f".v{version}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        # Writing straight to the file and hashing it back (from the page cache) is ~2x faster
-        # than serializing to bytes first, and holds no second copy of the weights in memory.
-        save_file(payload_tensors(state_dict, self.dtype), tmp / WEIGHTS_FILE, metadata={"version": str(version)})
-        digest = blake3.blake3().update_mmap(tmp / WEIGHTS_FILE).hexdigest()
-        num_bytes = (tmp / WEIGHTS_FILE).stat().st_size
-        if final.exists():  # a restarted learner re-publishing this version number
-            shutil.rmtree(final)
-        tmp.rename(final)
-        self._prune()
-        return str(final), digest, num_bytes
-
-    def close(self) -> None:
-        pass
-
-    def _prune(self) -> None:
-        versions = sorted(int(p.name[1:]) for p in self.root.glob("v*") if p.name[1:].isdigit())
-        for v in versions[: -self.keep]:
-            shutil.rmtree(self.root / f"v{v}", ignore_errors=True)
 
 
 def write_latest(root: Path, wv: WeightVersion) -> None:
@@ -136,15 +74,5 @@ def publisher(cfg: StreamConfig, run_dir: str, run_id: str) -> WeightPublisher:
     dtype = getattr(torch, cfg.weight_dtype, None) if cfg.weight_dtype else None
     if cfg.weight_dtype and not isinstance(dtype, torch.dtype):
         raise ValueError(f"stream.weight_dtype={cfg.weight_dtype!r} is not a torch dtype")
-    if cfg.weight_transport == "collective":
-        from ixt_stream.weights.collective import CollectiveWriter
-
-        writer = CollectiveWriter(cfg.collective_host or cfg.host, cfg.collective_port, cfg.collective_timeout_s,
-                                  cfg.collective_backend, dtype)
-    elif cfg.weight_transport == "shm":
-        from ixt_stream.weights.shm import ShmWriter, run_tag
-
-        writer = ShmWriter(run_tag(run_id, root), dtype)
-    else:
-        writer = FilesystemWriter(root, keep=cfg.keep_weight_versions, dtype=dtype)
+    writer = registry.factory(cfg.weight_transport, 0)(cfg, root, run_id, dtype)
     return WeightPublisher(writer, sockets.sender(cfg, "weights", run_id), root, dtype)

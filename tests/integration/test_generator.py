@@ -17,12 +17,11 @@ import pytest
 import torch
 
 from ixt_stream.config import StreamConfig
-from ixt_stream.metrics import read_jsonl
-from ixt_stream.online.supervisor import read_status
+from ixt_stream.metrics import read_jsonl, read_status
 from ixt_stream.stream import sockets
 from ixt_stream.types import Sample, WeightAck
 from ixt_stream.weights import publish, shm
-from tests.conftest import free_port
+from tests.conftest import free_port, reap
 
 pytestmark = pytest.mark.slow
 RUN = "itest"
@@ -55,7 +54,8 @@ def stop(proc: subprocess.Popen) -> int:
 
 
 @pytest.mark.parametrize("transport", ["filesystem", "shm"])
-def test_generator_streams_samples_and_applies_a_weight_version_mid_run(tmp_path, tiny_model_dir, transport):
+def test_generator_streams_samples_and_applies_a_weight_version_mid_run(tmp_path, tiny_model_dir, transport,
+                                                                          teardown):
     from safetensors.torch import load_file
 
     stream = StreamConfig(samples_port=free_port(), acks_port=free_port(), weights_port=free_port(),
@@ -69,56 +69,54 @@ def test_generator_streams_samples_and_applies_a_weight_version_mid_run(tmp_path
     samples = sockets.receiver(stream, "samples", RUN)
     acks = sockets.receiver(stream, "acks", RUN)
     pub = publish.publisher(stream, str(tmp_path), RUN)
+    for end in (samples, acks, pub):
+        teardown.callback(end.close)
     log_path = tmp_path / "generator.log"
     proc = start_generator(overrides, log_path)
-    try:
-        # -- initial weights: well-formed samples at version 0 ---------------------------------
-        first = [recv(samples, proc, log_path) for _ in range(4)]
-        s = first[0]
-        assert isinstance(s, Sample) and s.weight_version == 0 and s.generator_id == "generator-0"
-        assert s.task == "basic_arithmetic" and s.reference_answer and s.num_response_tokens > 0
-        assert s.prompt_id.startswith("train-basic_arithmetic") and s.metadata["entry"].startswith("{")
-        assert len({x.sample_id for x in first}) == 4
-        assert first[0].prompt_id == first[1].prompt_id  # k=2 samples per prompt (smoke profile)
+    teardown.callback(reap, proc)
+    # -- initial weights: well-formed samples at version 0 ---------------------------------
+    first = [recv(samples, proc, log_path) for _ in range(4)]
+    s = first[0]
+    assert isinstance(s, Sample) and s.weight_version == 0 and s.generator_id == "generator-0"
+    assert s.task == "basic_arithmetic" and s.reference_answer and s.num_response_tokens > 0
+    assert s.prompt_id.startswith("train-basic_arithmetic") and s.metadata["entry"].startswith("{")
+    assert len({x.sample_id for x in first}) == 4
+    assert first[0].prompt_id == first[1].prompt_id  # k=2 samples per prompt (smoke profile)
 
-        # -- publish version 1 mid-run: applied, acked, stamped on later samples ---------------
-        sd = load_file(os.path.join(tiny_model_dir, "model.safetensors"))
-        sd = {k: v + 0.01 * torch.randn_like(v) for k, v in sd.items()}
-        t0 = time.perf_counter()
-        wv = pub.publish(sd, version=1, step=2)
-        publish_s = time.perf_counter() - t0
-        versions = []
-        ack = None
-        while ack is None:
-            versions.append(recv(samples, proc, log_path).weight_version)  # keep the generator unblocked
-            got = acks.recv(timeout_ms=0)
-            ack = got if isinstance(got, WeightAck) else None
-        assert ack.version == 1 and ack.generator_id == "generator-0" and ack.apply_seconds > 0
-        while 1 not in versions:
-            versions.append(recv(samples, proc, log_path).weight_version)
-        assert versions == sorted(versions)  # never back to an older version
-        print(f"\ntiny model: publish {publish_s:.3f}s ({wv.num_bytes / 1e6:.1f} MB), "
-              f"apply {ack.apply_seconds:.3f}s")
+    # -- publish version 1 mid-run: applied, acked, stamped on later samples ---------------
+    sd = load_file(os.path.join(tiny_model_dir, "model.safetensors"))
+    sd = {k: v + 0.01 * torch.randn_like(v) for k, v in sd.items()}
+    t0 = time.perf_counter()
+    wv = pub.publish(sd, version=1, step=2)
+    publish_s = time.perf_counter() - t0
+    versions = []
+    ack = None
+    while ack is None:
+        versions.append(recv(samples, proc, log_path).weight_version)  # keep the generator unblocked
+        got = acks.recv(timeout_ms=0)
+        ack = got if isinstance(got, WeightAck) else None
+    assert ack.version == 1 and ack.generator_id == "generator-0" and ack.apply_seconds > 0
+    while 1 not in versions:
+        versions.append(recv(samples, proc, log_path).weight_version)
+    assert versions == sorted(versions)  # never back to an older version
+    print(f"\ntiny model: publish {publish_s:.3f}s ({wv.num_bytes / 1e6:.1f} MB), "
+          f"apply {ack.apply_seconds:.3f}s")
 
-        assert stop(proc) == 0, log_path.read_text()[-3000:]
-        rows = read_jsonl(tmp_path / "metrics" / "generator-0.jsonl")
-        assert rows[-1]["weights/version"] == 1
-        assert read_status(tmp_path, "generator-0")["weights/version"] == 1
-        print(f"tiny model: {max(r['generator/tokens_per_s'] for r in rows):.0f} tok/s (best engine call), "
-              f"{rows[-1]['generator/samples_per_s']:.1f} samples/s overall")
+    assert stop(proc) == 0, log_path.read_text()[-3000:]
+    rows = read_jsonl(tmp_path / "metrics" / "generator-0.jsonl")
+    assert rows[-1]["weights/version"] == 1
+    assert read_status(tmp_path, "generator-0")["weights/version"] == 1
+    print(f"tiny model: {max(r['generator/tokens_per_s'] for r in rows):.0f} tok/s (best engine call), "
+          f"{rows[-1]['generator/samples_per_s']:.1f} samples/s overall")
 
-        # -- a generator started after the publish serves v1 from its first sample -------------
-        samples.drain()
-        proc = start_generator(overrides, log_path)
-        assert recv(samples, proc, log_path).weight_version == 1
-        assert acks.recv(timeout_ms=5000).version == 1
-        assert stop(proc) == 0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        for end in (samples, acks, pub):
-            end.close()
+    # -- a generator started after the publish serves v1 from its first sample -------------
+    samples.drain()
+    proc = start_generator(overrides, log_path)
+    teardown.callback(reap, proc)
+    assert recv(samples, proc, log_path).weight_version == 1
+    assert acks.recv(timeout_ms=5000).version == 1
+    assert stop(proc) == 0
+    teardown.close()  # the publisher's close removes its segments
     assert shm.segments(shm.run_tag(RUN, tmp_path / "weights")) == []  # shm: none left by either side
 
 

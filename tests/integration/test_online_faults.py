@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from ixt_stream import metrics
 from ixt_stream.config import load
 from ixt_stream.ledger import Ledger
 from ixt_stream.online import supervisor
@@ -25,7 +26,7 @@ def _generated(db_path) -> int:
 
 
 def _learner_step(run_dir) -> int:
-    return int(supervisor.read_status(run_dir, "learner").get("train/step", 0))
+    return int(metrics.read_status(run_dir, "learner").get("train/step", 0))
 
 
 def _wait(pred, timeout_s: float, what: str) -> None:

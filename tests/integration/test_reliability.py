@@ -18,6 +18,7 @@ import time
 import pytest
 import torch
 
+from ixt_stream import metrics
 from ixt_stream.config import load
 from ixt_stream.ledger import Ledger
 from ixt_stream.metrics import read_jsonl
@@ -87,7 +88,7 @@ def test_reward_service_and_learner_killed_and_restarted(tmp_path, tiny_model_di
     # -- the orchestrator waited the outage out and resent what was in flight; nothing dropped ----
     orch_log = (run_dir / "logs" / "orchestrator.log").read_text()
     assert "reward stream failed for good" in orch_log, orch_log[-3000:]
-    assert supervisor.read_status(run_dir, "orchestrator")["orchestrator/stream_restarts"] >= 1
+    assert metrics.read_status(run_dir, "orchestrator")["orchestrator/stream_restarts"] >= 1
 
     # -- the learner resumed from its checkpoint: step, ledger position, versions ----------------
     learner_log = (run_dir / "logs" / "learner.log").read_text()

@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 
 from ixt_stream import tasks
-from ixt_stream.condition import Conditioner, InferenceFeedback, record
+from ixt_stream.condition import record
+from ixt_stream.condition.format import Conditioner, InferenceFeedback
 from ixt_stream.config import TaskConfig, load
 from ixt_stream.corpus import BadInput, Skips, annotated_row, read_annotated
-from ixt_stream.offline.evaluate import compare, conditioner_for, evaluate, gap, paired_ci, table
+from ixt_stream.offline.evaluate import conditioner_for, evaluate, table
+from ixt_stream.offline.paired import compare, gap, paired_ci
 from ixt_stream.offline.train import fitting
 from ixt_stream.types import Critique, Label, Sample
 

@@ -130,7 +130,7 @@ def test_a_sweep_runs_each_job_in_its_own_run_dir(tmp_path):
 
 
 def test_shell_completion_knows_commands_roles_and_keys(capsys, monkeypatch):
-    for line, expected in [("ixt tr", "train"), ("ixt serve ", "reward generator orchestrator learner"),
+    for line, expected in [("ixt tr", "train"), ("ixt serve ", "reward learner orchestrator generator"),
                            ("ixt serve reward reward.po", "reward.port="),
                            ("ixt train model=", "model=smollm2 model=tiny")]:
         monkeypatch.setenv("COMP_LINE", line)

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from ixt_stream.condition import Conditioner, FeedbackCounter, Rejected, feedback_text
+from ixt_stream.condition.format import Conditioner, FeedbackCounter, Rejected, feedback_text
 from ixt_stream.types import Critique, Label, Sample
 
 CHAT = Sample("s1", prompt="What is 3 + 4?", response="3 + 4 = 7. <answer>7</answer>", task="basic_arithmetic")

@@ -11,11 +11,11 @@ import pytest
 
 from ixt_stream import cli
 from ixt_stream.config import CONFIG_DIR, load
+from ixt_stream.critique import registry
 from ixt_stream.critique.backend import NullBackend
 from ixt_stream.critique.completers import SGLANG_MISSING, OpenAICompleter
 from ixt_stream.critique.isolate import IsolatedBackend
 from ixt_stream.critique.llm import LLMBackend
-from services.reward.main import build_backend
 
 SHIPPED = sorted(p.stem for p in (Path(CONFIG_DIR) / "reward").glob("*.yaml"))
 
@@ -31,9 +31,9 @@ def test_shipped_configs_build_their_backend(name, monkeypatch):
     name = cfg.reward.backend  # null_critic.yaml selects backend "null" (a bare `null` is YAML's None)
     if name == "sglang":
         with pytest.raises(RuntimeError, match="GPU nodes only"):
-            build_backend(cfg)
+            registry.build(cfg)
         return
-    backend = build_backend(cfg)
+    backend = registry.build(cfg)
     expected = {"null": NullBackend, "verifier": IsolatedBackend, "openai": LLMBackend}[name]  # verifier: in workers
     assert isinstance(backend, expected) and backend.card().backend == name
     if name == "openai":
@@ -55,6 +55,6 @@ def test_serve_dispatcher_rejects_unknown_roles_and_bad_overrides(capsys):
 
 
 def test_reward_main_refuses_an_exposed_port_before_loading_anything():
-    done = subprocess.run([sys.executable, "-m", "services.reward.main", "reward.host=0.0.0.0"],
+    done = subprocess.run([sys.executable, "-m", "ixt_stream.cli", "serve", "reward", "reward.host=0.0.0.0"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "refusing to serve on non-loopback host" in done.stderr

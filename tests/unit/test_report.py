@@ -10,7 +10,7 @@ import pytest
 
 from ixt_stream.ledger import Ledger
 from ixt_stream.metrics import MetricsSink
-from ixt_stream.offline.evaluate import compare, gap
+from ixt_stream.offline.paired import compare, gap
 from ixt_stream.report import SAMPLE_LOG, SampleLog, render
 from ixt_stream.types import Critique, Label, Sample
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ixt_stream import metrics
 from ixt_stream.config import load
 from ixt_stream.online import supervisor
 from ixt_stream.online.supervisor import Service
@@ -46,7 +47,7 @@ def dummies(run_dir: Path) -> list[Service]:
         Service("stubborn", [PY, "-c", (  # ignores SIGTERM: needs the SIGKILL
             "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)")]),
         Service("reporter", [PY, "-c", (
-            "import time\nfrom ixt_stream.online.supervisor import write_status\n"
+            "import time\nfrom ixt_stream.metrics import write_status\n"
             f"write_status({str(run_dir)!r}, 'reporter', {{'step': 3, 'samples_per_s': 1.25}})\n"
             "time.sleep(600)")], threads=2),
     ]
@@ -66,7 +67,7 @@ def test_up_status_down_leaves_no_process_behind(tmp_path):
         grandchild = int((run_dir / "grandchild.pid").read_text())
         environ = Path(f"/proc/{started['reporter']}/environ").read_bytes().split(b"\0")
         assert b"OMP_NUM_THREADS=2" in environ
-        assert wait_for(lambda: supervisor.read_status(run_dir, "reporter").get("step") == 3)
+        assert wait_for(lambda: metrics.read_status(run_dir, "reporter").get("step") == 3)
 
         shown = cli("status", f"run.run_dir={run_dir}")
         assert shown.returncode == 0, shown.stderr

@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 
 from ixt_stream.config import StreamConfig
 from ixt_stream.types import WeightVersion
-from ixt_stream.weights import apply, publish
+from ixt_stream.weights import apply, base, filesystem, publish
 from tests.conftest import free_port
 
 RUN = "run-w"
@@ -65,7 +65,7 @@ def test_publish_apply_round_trip(ends):
     _, pub, app = ends
     sd = state_dict()
     wv = pub.publish(sd, version=1, step=2)
-    assert Path(wv.uri, publish.WEIGHTS_FILE).stat().st_size == wv.num_bytes and len(wv.digest) == 64
+    assert Path(wv.uri, filesystem.WEIGHTS_FILE).stat().st_size == wv.num_bytes and len(wv.digest) == 64
 
     got = wait_poll(app)
     assert got == wv
@@ -102,10 +102,10 @@ def test_a_restarted_generator_starts_from_latest(ends, tmp_path):
 
 
 def test_weight_dtype_cast(tmp_path):
-    writer = publish.FilesystemWriter(tmp_path, dtype=torch.bfloat16)
+    writer = filesystem.FilesystemWriter(tmp_path, dtype=torch.bfloat16)
     uri, sha, n = writer.write(state_dict(), version=1)
     wv = WeightVersion(version=1, step=1, uri=uri, digest=sha, num_bytes=n)
-    assert {t.dtype for t in apply.FilesystemReader(tmp_path).read(wv).values()} == {torch.bfloat16}
+    assert {t.dtype for t in filesystem.FilesystemReader(tmp_path).read(wv).values()} == {torch.bfloat16}
 
 
 def corrupt(path: Path) -> None:
@@ -126,7 +126,7 @@ def truncate(path: Path) -> None:
 def test_damaged_payload_is_refused_and_never_applied(ends, damage, reason):
     _, pub, app = ends
     wv = pub.publish(state_dict(), version=1, step=2)
-    damage(Path(wv.uri) / publish.WEIGHTS_FILE)
+    damage(Path(wv.uri) / filesystem.WEIGHTS_FILE)
     before = REGISTRY.get_sample_value("ixt_weights_refused_total", {"reason": reason}) or 0.0
 
     engine = FakeEngine()
@@ -137,7 +137,7 @@ def test_damaged_payload_is_refused_and_never_applied(ends, damage, reason):
 
 def test_uri_outside_the_weights_folder_is_refused(tmp_path):
     outside = tmp_path / "elsewhere"
-    uri, sha, n = publish.FilesystemWriter(outside).write(state_dict(), version=1)
-    reader = apply.FilesystemReader(tmp_path / "weights")
-    with pytest.raises(apply.WeightRefused, match="outside_root"):
+    uri, sha, n = filesystem.FilesystemWriter(outside).write(state_dict(), version=1)
+    reader = filesystem.FilesystemReader(tmp_path / "weights")
+    with pytest.raises(base.WeightRefused, match="outside_root"):
         reader.read(WeightVersion(version=1, step=1, uri=uri, digest=sha, num_bytes=n))

@@ -24,7 +24,7 @@ import xxhash
 
 from ixt_stream.config import StreamConfig
 from ixt_stream.types import WeightVersion
-from ixt_stream.weights import apply, publish, shm
+from ixt_stream.weights import apply, base, publish, shm
 from tests.conftest import free_port
 from tests.unit.test_weights import FakeEngine, state_dict, wait_poll
 
@@ -70,7 +70,7 @@ def test_only_two_segments_stay_and_a_reader_keeps_an_unlinked_one(tag):
     assert [p.name.rsplit("-v", 1)[1] for p in shm.segments(tag)] == ["3", "4"]
     for name, t in held.items():  # v1 was unlinked while mapped: its pages stay with the reader
         assert torch.equal(t, state_dict(seed=1)[name])
-    with pytest.raises(apply.WeightRefused, match="missing"):
+    with pytest.raises(base.WeightRefused, match="missing"):
         reader.read(announced[1])  # unlinked before anyone opened it: refused, the next one supersedes
     writer.close()
     assert shm.segments(tag) == []
@@ -100,16 +100,16 @@ def test_bad_segments_are_refused(tag):
     writer, reader = shm.ShmWriter(tag), shm.ShmReader(tag)
     uri, digest, size = writer.write(state_dict(), 1)
     wv = WeightVersion(1, 1, uri, digest, size, 0.0, "shm")
-    with pytest.raises(apply.WeightRefused, match="truncated"):
+    with pytest.raises(base.WeightRefused, match="truncated"):
         reader.read(WeightVersion(1, 1, uri, digest, size + 1, 0.0, "shm"))
-    with pytest.raises(apply.WeightRefused, match="outside_root"):
+    with pytest.raises(base.WeightRefused, match="outside_root"):
         reader.read(WeightVersion(1, 1, "/dev/shm/ixt-other-run-1-v1", digest, size, 0.0, "shm"))
     with open(uri, "r+b") as f:  # one flipped byte in the payload
         f.seek(size - 200)
         byte = f.read(1)
         f.seek(size - 200)
         f.write(bytes([byte[0] ^ 1]))
-    with pytest.raises(apply.WeightRefused, match="digest_mismatch"):
+    with pytest.raises(base.WeightRefused, match="digest_mismatch"):
         reader.read(wv)
     writer.close()
 

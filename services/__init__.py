@@ -1,1 +1,0 @@
-"""Deployable mains, one package per role: parse config, build components, run, clean up."""

@@ -1,1 +1,0 @@
-"""The reward-model service role (`ixt serve reward`): see `main.py`."""
