@@ -217,6 +217,10 @@ class ConditionConfig:
     """Fraction of training samples whose feedback prefix is dropped."""
     max_feedback_tokens: int = 160
     max_seq_len: int = 1024
+    system_prompt: str = "auto"
+    """System text the feedback follows in a chat prompt, with or without feedback: "auto" = the
+    chat template's default (SmolLM2's doubles its right answers over no system text, measured),
+    "" = none, else the text itself."""
     leak_policy: LeakPolicy = LeakPolicy.redact
     """A critique that contains the response's answer or the reference (from a plugged-in reward
     model; the built-in critics write none): train (as is) | redact (mask the leaked spans) |
@@ -378,6 +382,8 @@ class EvalConfig:
     positive paraphrase the critic never writes (`unseen_critique`); none: no prefix."""
     max_new_tokens: int = 128
     temperature: float = 0.0
+    threads: int = 0
+    """CPU threads of the eval engine (it runs alone, after the stack is down); 0 = generator.threads."""
     checkpoint: str = ""
     """Model folder to evaluate; empty = `model.name`. Its `ixt_condition.json` (written by the
     learner and `ixt train`) gives the conditioning mode and the feedback it was trained on."""
@@ -515,6 +521,7 @@ def validate(cfg: IxtConfig) -> IxtConfig:
           f"learner.tokens_per_batch ({cfg.learner.tokens_per_batch})] so every sample fits a row")
     check(cfg.generator.num_generators >= 1, "generator.num_generators", "must be >= 1")
     check(cfg.generator.samples_per_prompt >= 1, "generator.samples_per_prompt", "must be >= 1")
+    check(cfg.eval.threads >= 0, "eval.threads", "must be >= 0 (0 = generator.threads)")
     check(cfg.stream.sync_every >= 1, "stream.sync_every", "must be >= 1")
     check(cfg.stream.max_version_lag >= 0, "stream.max_version_lag", "must be >= 0")
     check(cfg.stream.keep_weight_versions >= 1, "stream.keep_weight_versions", "must be >= 1")

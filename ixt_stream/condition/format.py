@@ -3,11 +3,16 @@
 A training sequence is three token segments, tokenized separately and concatenated, so the loss
 mask is exact by construction and inference can rebuild the very same prefix ids:
 
-    chat sample:  <|im_start|>system\\n{feedback}<|im_end|>\\n          <- context, no loss
+    chat sample:  <|im_start|>system\\n{system}\\n\\n{feedback}<|im_end|>\\n   <- context, no loss
                   <|im_start|>user\\n{prompt}<|im_end|>\\n<|im_start|>assistant\\n   <- no loss
                   {response ids}<|im_end|>                              <- loss
     document:     {feedback}\\n\\n                                      <- no loss
                   {document}<eos>                                       <- loss
+
+`{system}` is the model's own system text (the chat template's default, `condition.system_prompt`),
+kept under the feedback so every prompt stays in the chat format the model was tuned with: SmolLM2
+answers twice as many sums right with it (0.28 vs 0.14 at T=0.7, measured). Without feedback (the
+"none" condition, a dropout draw) the system turn holds the system text alone.
 
 The response is the exact token ids the generator sampled when the sample carries them; a response
 cut at the token limit (`Sample.truncated`) gets no end-of-turn token, so the model never learns to
@@ -42,6 +47,15 @@ def feedback_text(label: Label, critique: str, mode: str) -> str:
     """The natural-language feedback prefix (without chat markup); "" for a mode that writes none."""
     text = modes.get(mode).text
     return text(label, critique) if text is not None else ""
+
+
+def default_system_prompt(tokenizer) -> str:
+    """The system text the tokenizer's chat template writes when a chat has none ("" if none)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return ""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
+    start = f"{IM_START}system\n"
+    return text[len(start):text.index(IM_END)] if text.startswith(start) else ""
 
 
 class Rejected(ValueError):
@@ -102,6 +116,7 @@ class Conditioner:
         leak_policy: what a critique that gives the answer away gets: "train" (as is), "redact"
             (the leaked spans masked) or "drop" (`Rejected("feedback_leak")`).
         inference: the feedback to condition on at inference (None: none recorded yet).
+        system_prompt: the system text the feedback follows in a chat sample ("" = none).
     """
 
     def __init__(
@@ -114,6 +129,7 @@ class Conditioner:
         leak_policy: str = "redact",
         inference: InferenceFeedback | None = None,
         seed: int = 0,
+        system_prompt: str = "",
     ):
         self._mode = modes.get(mode)  # ValueError for an unknown mode
         if leak_policy not in LEAK_POLICIES:
@@ -125,6 +141,7 @@ class Conditioner:
         self.max_seq_len = max_seq_len
         self.leak_policy = leak_policy
         self.inference = inference
+        self.system_prompt = system_prompt
         self._rng = random.Random(seed)
         self._im_end = self._markup(IM_END)
         self._eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
@@ -135,7 +152,8 @@ class Conditioner:
         """The Conditioner a ConditionConfig describes: training, generation and eval agree."""
         return cls(tokenizer, mode=cfg.mode, feedback_dropout=cfg.feedback_dropout,
                    max_feedback_tokens=cfg.max_feedback_tokens, max_seq_len=cfg.max_seq_len,
-                   leak_policy=cfg.leak_policy, inference=inference, seed=seed)
+                   leak_policy=cfg.leak_policy, inference=inference, seed=seed,
+                   system_prompt=default_system_prompt(tokenizer) if cfg.system_prompt == "auto" else cfg.system_prompt)
 
     def _markup(self, text: str) -> list[int]:
         """Our own chat markup: special tokens are meant."""
@@ -147,13 +165,17 @@ class Conditioner:
 
     # -- segments ---------------------------------------------------------------------------------
 
-    def feedback_ids(self, label: Label, critique: str, document: bool) -> list[int]:
-        """The feedback segment, the critique cut to fit `max_feedback_tokens`."""
-        if self._mode.text is None:
+    def feedback_ids(self, label: Label | None, critique: str, document: bool) -> list[int]:
+        """The context before the prompt (chat: the system turn, the system text then the feedback)
+        or before a document (the feedback and a blank line); the critique is cut to fit
+        `max_feedback_tokens`. `label=None`: no feedback (a chat sample keeps its system text)."""
+        body = [] if label is None or self._mode.text is None else self._text(self._mode.text(label, critique))
+        system = [] if document or not self.system_prompt else self._text(self.system_prompt)
+        if not body and not system:
             return []
         open_, close = ("", "\n\n") if document else (f"{IM_START}system\n", f"{IM_END}\n")
         head, tail = self._markup(open_), self._markup(close)
-        body = self._text(feedback_text(label, critique, self.mode))
+        head += system + (self._markup("\n\n") if system and body else [])
         room = max(self.max_feedback_tokens - len(head) - len(tail), 0)
         return head + body[:room] + tail
 
@@ -194,10 +216,9 @@ class Conditioner:
         if critique is not None:
             critique, leaked = self.checked(sample, critique)
         dropped = self.feedback_dropout > 0 and self._rng.random() < self.feedback_dropout
-        if critique is None or dropped:
-            feedback = []
-        else:
-            feedback = self.feedback_ids(critique.label, critique.critique, document)
+        with_feedback = critique is not None and not dropped and self._mode.text is not None
+        feedback = self.feedback_ids(critique.label if with_feedback else None,
+                                     critique.critique if with_feedback else "", document)
         context = feedback if document else feedback + self.prompt_ids(sample.prompt)
         room = self.max_seq_len - len(context)
         if room <= 0:
@@ -209,7 +230,7 @@ class Conditioner:
             critique=critique,
             input_ids=context + data,
             loss_mask=[0] * len(context) + [1] * len(data),
-            num_feedback_tokens=len(feedback),
+            num_feedback_tokens=len(feedback) if with_feedback else 0,
             feedback_leaked=leaked,
         )
 
@@ -220,7 +241,7 @@ class Conditioner:
         "unseen" (a positive paraphrase never trained on), or "none". A policy trained with mode
         "none" always gets no prefix."""
         if condition == "none" or self._mode.text is None:
-            feedback = []
+            feedback = self.feedback_ids(None, "", document=not prompt)
         else:
             known = self.inference.conditions() if self.inference else {}
             if condition not in known:

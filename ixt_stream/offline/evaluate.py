@@ -146,8 +146,9 @@ def run(cfg: IxtConfig) -> dict:
     prompts = tasks.eval_prompts(cfg.task)
     g = cfg.generator
     engine = Engine(model_dir, dtype=g.dtype, max_model_len=cond.max_seq_len, kv_cache_gib=g.kv_cache_gib,
-                    threads=g.threads, seed=cfg.run.seed, gpu_memory_utilization=g.gpu_memory_utilization,
-                    tensor_parallel_size=g.tensor_parallel_size, progress="eval")
+                    threads=cfg.eval.threads or g.threads, seed=cfg.run.seed,
+                    gpu_memory_utilization=g.gpu_memory_utilization, tensor_parallel_size=g.tensor_parallel_size,
+                    progress="eval")
     result = evaluate(engine, conditioner, prompts, cfg.eval.conditions, cfg.eval.max_new_tokens,
                       cfg.eval.temperature)
     inference = conditioner.inference

@@ -52,6 +52,30 @@ def test_baseline_mode_has_no_feedback(tokenizer):
     assert cond.inference_ids(CHAT.prompt, "positive") == cond.prompt_ids(CHAT.prompt)
 
 
+def test_the_models_system_text_stays_under_every_condition(tokenizer):
+    """config "auto": the chat template's own system text opens every chat prompt, with feedback
+    after it, alone without feedback, and never before a document."""
+    from ixt_stream.condition.format import InferenceFeedback, default_system_prompt
+    from ixt_stream.config import ConditionConfig
+
+    system = default_system_prompt(tokenizer)
+    assert system.startswith("You are a helpful AI assistant")  # SmolLM2's template default
+    cond = Conditioner.from_config(tokenizer, ConditionConfig(feedback_dropout=1.0),
+                                   inference=InferenceFeedback(CRIT.critique))
+    dropped = cond.condition(CHAT, CRIT)
+    assert dropped.num_feedback_tokens == 0
+    head = f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n"
+    assert tokenizer.decode(dropped.input_ids).startswith(head)
+    # the unconditioned prompt at inference is token-identical to a dropout-trained context
+    context = [i for i, m in zip(dropped.input_ids, dropped.loss_mask, strict=True) if not m]
+    assert cond.inference_ids(CHAT.prompt, "none") == context
+    positive = tokenizer.decode(cond.inference_ids(CHAT.prompt, "positive"))
+    assert positive.startswith(f"<|im_start|>system\n{system}\n\nFeedback on the answer below. Quality: good.")
+    assert "You are" not in tokenizer.decode(cond.condition(DOC, CRIT).input_ids)
+    assert Conditioner.from_config(tokenizer, ConditionConfig(system_prompt="")).inference_ids(
+        CHAT.prompt, "none") == cond.prompt_ids(CHAT.prompt)
+
+
 def test_label_mode_is_a_quality_token_without_critique(tokenizer):
     out = Conditioner(tokenizer, mode="label").condition(CHAT, CRIT)
     text = tokenizer.decode(out.input_ids[: out.num_feedback_tokens])
