@@ -142,12 +142,7 @@ def plot_accuracy(cis: dict[str, dict[str, dict[str, float]]], out: Path) -> Pat
     ax.set_xlim(-0.5, len(labels) - 0.5)
     ax.set_ylabel("held-out exact accuracy")
     ax.set_title("accuracy under each condition (95% bootstrap CI)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, ax, out)
 
 
 def plot_weights(run_dir: Path, out: Path) -> Path:
@@ -165,6 +160,11 @@ def plot_weights(run_dir: Path, out: Path) -> Path:
     ax.set_xlabel("minutes since the first logged metric")
     ax.set_ylabel("weight version")
     ax.set_title("weight versions: pushed by the learner, reloaded by the generators")
+    return _save(plt, fig, ax, out)
+
+
+def _save(plt, fig, ax, out: Path) -> Path:
+    """Grid, legend, tight layout, PNG; the figure is closed (renders run in long processes)."""
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
