@@ -41,7 +41,7 @@ def port_overrides(run_dir: Path, run_id: str = "bench") -> list[str]:
     return [f"run.run_dir={run_dir}", f"run.run_id={run_id}", "run.tensorboard=false",
             f"reward.port={p[0]}", f"client.address=127.0.0.1:{p[0]}", f"stream.samples_port={p[1]}",
             f"stream.conditioned_port={p[2]}", f"stream.weights_port={p[3]}", f"stream.acks_port={p[4]}",
-            f"stream.collective_port={p[5]}"]
+            f"stream.collective.port={p[5]}"]
 
 
 # -- RSS ------------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ def run_ixt(w: dict, prompts: Path, run_dir: Path) -> dict:
     overrides = [
         f"model={'tiny' if w['model'] == 'tiny' else 'smollm2'}", f"task.prompts_file={prompts}",
         f"generator.samples_per_prompt={w['k']}", f"generator.prompts_per_request={max(w['batch'] // w['k'], 1)}",
-        f"generator.max_new_tokens={w['max_new_tokens']}", "generator.temperature=1.0",
+        f"generator.sampling.max_new_tokens={w['max_new_tokens']}", "generator.sampling.temperature=1.0",
         f"learner.max_steps={w['steps']}", f"learner.max_samples_per_batch={w['batch']}",
         f"learner.tokens_per_batch={w['batch'] * 512}", "condition.max_seq_len=512", "learner.lr=1e-5",
         "learner.dtype=bf16", *port_overrides(run_dir, "e2e"),

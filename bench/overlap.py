@@ -44,7 +44,7 @@ def sizes(quick: bool) -> dict:
 def overrides(w: dict) -> list[str]:
     return [f"model={w['model']}", f"generator.samples_per_prompt={w['k']}",
             f"generator.prompts_per_request={max(w['batch'] // w['k'], 1)}",
-            f"generator.max_new_tokens={w['max_new_tokens']}", f"generator.num_generators={w['generators']}",
+            f"generator.sampling.max_new_tokens={w['max_new_tokens']}", f"generator.num_generators={w['generators']}",
             f"learner.max_steps={w['steps']}", f"learner.max_samples_per_batch={w['batch']}",
             f"learner.tokens_per_batch={w['batch'] * 512}", "condition.max_seq_len=512",
             f"stream.sync_every={w['sync_every']}", "reward.backend=verifier"]
@@ -130,8 +130,8 @@ def sync_loop(argv: list[str], steps: int, out: str) -> None:
         t0 = time.perf_counter()
         batch = list(itertools.islice(prompts, max(lc.max_samples_per_batch // gen.samples_per_prompt, 1)))
         outs = engine.generate([conditioner.inference_ids(p.prompt, "positive") for p in batch],
-                               n=gen.samples_per_prompt, max_new_tokens=gen.max_new_tokens,
-                               temperature=gen.temperature, top_p=gen.top_p)
+                               n=gen.samples_per_prompt, max_new_tokens=gen.sampling.max_new_tokens,
+                               temperature=gen.sampling.temperature, top_p=gen.sampling.top_p)
         samples = [Sample(sample_id=f"sync-{learner.step}-{j}", prompt=p.prompt, response=c.text, task=p.task,
                           reference_answer=p.answer, prompt_id=p.prompt_id, weight_version=version,
                           generator_id="sync", created_at=time.time(), num_response_tokens=len(c.token_ids),

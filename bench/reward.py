@@ -262,7 +262,7 @@ def run(quick: bool = False) -> Result:
     vllm = {}
     for mbs in (32, 1):
         over = ["reward.backend=vllm", "reward.llm.model=tiny", f"reward.llm.max_batch_size={mbs}",
-                "reward.llm.max_new_tokens=48", "reward.llm.max_model_len=1024", "model=tiny"]
+                "reward.llm.sampling.max_new_tokens=48", "reward.llm.max_model_len=1024", "model=tiny"]
         with RewardProcess(over, work / f"vllm-{mbs}", ready_timeout_s=600) as rp:
             vllm[mbs] = client_run(lambda: grpc_stream(rp.address, samples, n_vllm, concurrency=32))
     d["vllm_tiny"] = {str(k): v for k, v in vllm.items()}

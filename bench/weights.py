@@ -51,8 +51,8 @@ WARMUP = 2
 def stream_overrides(run_dir: Path, model: str, ports: list[int]) -> list[str]:
     return [f"model={model}", f"run.run_dir={run_dir}", f"run.run_id={RUN_ID}", "stream.weight_transport=filesystem",
             "stream.weight_dtype=bfloat16", f"stream.weights_port={ports[0]}", f"stream.acks_port={ports[1]}",
-            f"stream.collective_port={ports[2]}", "stream.collective_backend=gloo", "stream.collective_timeout_s=60",
-            "condition.max_seq_len=512", "stream.keep_weight_versions=3"]
+            f"stream.collective.port={ports[2]}", "stream.collective.backend=gloo", "stream.collective.timeout_s=60",
+            "condition.max_seq_len=512", "stream.filesystem.keep_versions=3"]
 
 
 class ByTransport:
@@ -87,8 +87,8 @@ def generator_worker(argv: list[str], name: str) -> None:
     reader = ByTransport({
         "filesystem": filesystem.FilesystemReader(root),
         "shm": shm.ShmReader(shm.run_tag(RUN_ID, root)),
-        "collective": collective.CollectiveReader(cfg.stream.host, cfg.stream.collective_port, name,
-                                                  cfg.stream.collective_timeout_s, "gloo"),
+        "collective": collective.CollectiveReader(cfg.stream.host, cfg.stream.collective.port, name,
+                                                  cfg.stream.collective.timeout_s, "gloo"),
     })
     applier = apply.WeightApplier(reader, sockets.receiver(cfg.stream, "weights", RUN_ID), root, name)
     acks = sockets.sender(cfg.stream, "acks", RUN_ID)
@@ -238,7 +238,7 @@ def measure_size(model: str, repeats: int, work: Path, learner_dtype: str = "bf1
     writers = {
         "filesystem": filesystem.FilesystemWriter(root, keep=3, dtype=dtype),
         "shm": shm.ShmWriter(shm.run_tag(RUN_ID, root), dtype),
-        "collective": collective.CollectiveWriter(cfg.stream.host, cfg.stream.collective_port, 60.0, "gloo", dtype),
+        "collective": collective.CollectiveWriter(cfg.stream.host, cfg.stream.collective.port, 60.0, "gloo", dtype),
     }
     publishers = {t: publish.WeightPublisher(w, announce, root, dtype) for t, w in writers.items()}
     acks = sockets.receiver(cfg.stream, "acks", RUN_ID)

@@ -73,8 +73,8 @@ class MetricsConfig:
     """Optional metric sinks beside the JSONL record (TensorBoard and Prometheus are `run.*`)."""
 
     wandb: bool = False
-    """Also log every scalar, and the run's config, to Weights & Biases: one W&B run per process
-    (role), grouped by the run folder's name."""
+    """Also log every scalar, and the config (a role's: the sections it reads), to Weights & Biases:
+    one W&B run per process (role), grouped by the run folder's name."""
     wandb_project: str = "ixt-stream"
     wandb_entity: str = ""
     """W&B team or user; empty = your default entity."""
@@ -133,13 +133,24 @@ class TaskConfig:
 
 
 @dataclass
+class SamplingConfig:
+    """How a model is sampled: one shape for the generator (`generator.sampling`), the LLM critic
+    (`reward.llm.sampling`) and eval (`eval.sampling`); each role keeps its own values."""
+
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    """0 = greedy."""
+    top_p: float = 1.0
+
+
+@dataclass
 class LLMCriticConfig:
     """An LLM that thinks, then critiques (vllm / sglang / openai / hybrid backends)."""
 
     model: str = ""
     """Model folder or name; empty = the policy model (`model.name`)."""
-    max_new_tokens: int = 192
-    temperature: float = 0.0
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=192, temperature=0.0))
+    """The critique's sampling (greedy by default)."""
     max_batch_size: int = 32
     """Dynamic batching: at most this many concurrent requests go into one engine call."""
     batch_wait_ms: float = 5.0
@@ -281,9 +292,7 @@ class GeneratorConfig:
     samples_per_prompt: int = 4
     prompts_per_request: int = 4
     """Prompts per engine call (k samples each)."""
-    max_new_tokens: int = 128
-    temperature: float = 1.0
-    top_p: float = 1.0
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     kv_cache_gib: int = 1
     threads: int = 1
     dtype: EngineDtype = EngineDtype.bfloat16
@@ -291,6 +300,30 @@ class GeneratorConfig:
     tensor_parallel_size: int = 1
     index: int = 0
     """Which generator of the pool this process is: its prompt shard and its id `generator-<index>`."""
+
+
+@dataclass
+class FilesystemTransportConfig:
+    """`stream.weight_transport=filesystem`: safetensors files under `run_dir/weights` (weights/filesystem.py)."""
+
+    keep_versions: int = 3
+    """Weight versions kept on disk (older ones are deleted)."""
+
+
+@dataclass
+class CollectiveTransportConfig:
+    """`stream.weight_transport=collective`: one broadcast per version over a gloo / NCCL process group
+    of the learner and the generators (weights/collective.py)."""
+
+    host: str = ""
+    """The learner's address, where its rendezvous store listens; empty = `stream.host`."""
+    port: int = 5605
+    """The rendezvous store's TCP port (the group's own connections use free ports)."""
+    backend: str = ""
+    """gloo | nccl; empty = nccl where CUDA is available, else gloo (same on every role)."""
+    timeout_s: float = 60.0
+    """Longest wait for the group to form or one broadcast to finish; a dead generator costs the
+    learner at most about twice this, once."""
 
 
 @dataclass
@@ -319,16 +352,10 @@ class StreamConfig:
     """filesystem (safetensors under `run_dir/weights`, shared folder) | collective (broadcast over a
     gloo / NCCL process group of the learner and the generators; see weights/collective.py) | shm
     (a /dev/shm segment per version, generators on the learner's node; see weights/shm.py); the
-    choices are `weights/registry.py`'s."""
-    collective_host: str = ""
-    """collective: the learner's address, where its rendezvous store listens; empty = `host`."""
-    collective_port: int = 5605
-    """collective: the rendezvous store's TCP port (the group's own connections use free ports)."""
-    collective_backend: str = ""
-    """collective: gloo | nccl; empty = nccl where CUDA is available, else gloo (same on every role)."""
-    collective_timeout_s: float = 60.0
-    """collective: longest wait for the group to form or one broadcast to finish; a dead generator
-    costs the learner at most about twice this, once."""
+    choices are `weights/registry.py`'s. A transport's own settings are its sub-section below
+    (shm has none)."""
+    weight_dtype: str = ""
+    """Publish weights cast to this torch dtype ("bfloat16", ...); empty = the learner's dtype."""
     curve_keys_dir: str = ""
     """If set, ZeroMQ links use CURVE with the keys in this folder (needed off loopback)."""
     max_samples: int = 0
@@ -337,10 +364,8 @@ class StreamConfig:
     """How long a closing socket keeps trying to deliver queued messages."""
     send_timeout_ms: int = 500
     """A blocked sender wakes this often to check for shutdown, then retries (never drops)."""
-    keep_weight_versions: int = 3
-    """Weight versions kept on disk under `run_dir/weights` (older ones are deleted)."""
-    weight_dtype: str = ""
-    """Publish weights cast to this torch dtype ("bfloat16", ...); empty = the learner's dtype."""
+    filesystem: FilesystemTransportConfig = field(default_factory=FilesystemTransportConfig)
+    collective: CollectiveTransportConfig = field(default_factory=CollectiveTransportConfig)
 
 
 @dataclass
@@ -376,7 +401,7 @@ class AnnotateConfig:
     responses: str = "policy"
     """tasks source: policy (sample the model with vLLM) | synthetic (controlled error types).
     Both take `generator.samples_per_prompt` responses per prompt; policy sampling also uses
-    `generator.{max_new_tokens,temperature,top_p,dtype}`."""
+    `generator.sampling` and `generator.dtype`."""
 
 
 @dataclass
@@ -386,8 +411,8 @@ class EvalConfig:
     conditions: list[str] = field(default_factory=lambda: ["positive", "negative", "none", "unseen"])
     """positive / negative: the feedback most often trained with label good / bad; unseen: a
     positive paraphrase the critic never writes (`unseen_critique`); none: no prefix."""
-    max_new_tokens: int = 128
-    temperature: float = 0.0
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=0.0))
+    """The held-out answers' sampling (greedy by default)."""
     threads: int = 0
     """CPU threads of the eval engine (it runs alone, after the stack is down); 0 = generator.threads."""
     checkpoint: str = ""
@@ -530,7 +555,7 @@ def validate(cfg: IxtConfig) -> IxtConfig:
     check(cfg.eval.threads >= 0, "eval.threads", "must be >= 0 (0 = generator.threads)")
     check(cfg.stream.sync_every >= 1, "stream.sync_every", "must be >= 1")
     check(cfg.stream.max_version_lag >= 0, "stream.max_version_lag", "must be >= 0")
-    check(cfg.stream.keep_weight_versions >= 1, "stream.keep_weight_versions", "must be >= 1")
+    check(cfg.stream.filesystem.keep_versions >= 1, "stream.filesystem.keep_versions", "must be >= 1")
     check(0 <= cfg.generator.index < cfg.generator.num_generators, "generator.index",
           f"must be in [0, generator.num_generators={cfg.generator.num_generators})")
     check(1 <= cfg.reward.port <= 65535, "reward.port", "must be a TCP port")

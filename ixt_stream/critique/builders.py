@@ -50,7 +50,8 @@ def openai(cfg: IxtConfig) -> Backend:
     llm = cfg.reward.llm
     return _llm(cfg, completers.OpenAICompleter(
         llm.base_url, llm.model, api=llm.api, api_key=os.environ.get(llm.api_key_env, ""),
-        max_new_tokens=llm.max_new_tokens, temperature=llm.temperature, timeout_s=llm.request_timeout_s,
+        max_new_tokens=llm.sampling.max_new_tokens, temperature=llm.sampling.temperature,
+        top_p=llm.sampling.top_p, timeout_s=llm.request_timeout_s,
         max_connections=cfg.reward.max_concurrent_requests))
 
 
@@ -58,14 +59,16 @@ def sglang(cfg: IxtConfig) -> Backend:
     llm = cfg.reward.llm
     return _llm(cfg, completers.SGLangCompleter(
         critic_model_dir(cfg), dtype=str(llm.dtype), max_model_len=llm.max_model_len,
-        max_new_tokens=llm.max_new_tokens, temperature=llm.temperature, seed=cfg.run.seed))
+        max_new_tokens=llm.sampling.max_new_tokens, temperature=llm.sampling.temperature,
+        top_p=llm.sampling.top_p, seed=cfg.run.seed))
 
 
 def _vllm(cfg: IxtConfig) -> Completer:
     llm = cfg.reward.llm
     return completers.VLLMCompleter(
         critic_model_dir(cfg), dtype=str(llm.dtype), max_model_len=llm.max_model_len,
-        max_new_tokens=llm.max_new_tokens, temperature=llm.temperature, kv_cache_gib=llm.kv_cache_gib,
+        max_new_tokens=llm.sampling.max_new_tokens, temperature=llm.sampling.temperature,
+        top_p=llm.sampling.top_p, kv_cache_gib=llm.kv_cache_gib,
         seed=cfg.run.seed, max_batch_size=llm.max_batch_size, batch_wait_ms=llm.batch_wait_ms)
 
 

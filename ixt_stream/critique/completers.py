@@ -38,7 +38,7 @@ class VLLMCompleter:
     """
 
     def __init__(self, model_dir: str, *, dtype: str = "bfloat16", max_model_len: int = 2048,
-                 max_new_tokens: int = 192, temperature: float = 0.0, kv_cache_gib: int = 1,
+                 max_new_tokens: int = 192, temperature: float = 0.0, top_p: float = 1.0, kv_cache_gib: int = 1,
                  threads: int = 1, seed: int = 0, max_batch_size: int = 32, batch_wait_ms: float = 5.0):
         from ixt_stream.sample.engine import Engine
 
@@ -46,7 +46,7 @@ class VLLMCompleter:
             raise ValueError(f"max_new_tokens ({max_new_tokens}) must be < max_model_len ({max_model_len})")
         self.model_id = model_dir
         self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
+        self.temperature, self.top_p = temperature, top_p
         self.max_prompt_tokens = max_model_len - max_new_tokens
         executor = ThreadPoolExecutor(1, thread_name_prefix="vllm-critic")
         self.engine = executor.submit(Engine, model_dir, dtype=dtype, max_model_len=max_model_len,
@@ -59,7 +59,7 @@ class VLLMCompleter:
         prompts = [fit_tokens(self.tokenizer.encode(render_chat(self.tokenizer, m), add_special_tokens=False),
                               self.max_prompt_tokens) for m in chats]
         outs = self.engine.generate(prompts, n=1, max_new_tokens=self.max_new_tokens,
-                                    temperature=self.temperature)
+                                    temperature=self.temperature, top_p=self.top_p)
         return [o[0].text for o in outs]
 
     async def complete(self, messages: Messages) -> str:
@@ -81,7 +81,7 @@ class OpenAICompleter:
     """
 
     def __init__(self, base_url: str, model: str = "", *, api: str = "chat", api_key: str = "",
-                 max_new_tokens: int = 192, temperature: float = 0.0, timeout_s: float = 120.0,
+                 max_new_tokens: int = 192, temperature: float = 0.0, top_p: float = 1.0, timeout_s: float = 120.0,
                  max_connections: int = 64):
         import httpx
 
@@ -90,7 +90,7 @@ class OpenAICompleter:
         self.api = api
         self.base_url = base_url.rstrip("/") + "/"
         self.model_id = model
-        self.params = {"max_tokens": max_new_tokens, "temperature": temperature}
+        self.params = {"max_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
         self._http = httpx.AsyncClient(
             base_url=self.base_url, timeout=timeout_s,
             headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
@@ -178,7 +178,7 @@ class SGLangCompleter:
     """An in-process SGLang engine. Raises RuntimeError with the fix when sglang is missing."""
 
     def __init__(self, model_dir: str, *, dtype: str = "bfloat16", max_model_len: int = 2048,
-                 max_new_tokens: int = 192, temperature: float = 0.0, seed: int = 0):
+                 max_new_tokens: int = 192, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0):
         try:
             import sglang
         except ImportError as e:
@@ -187,7 +187,7 @@ class SGLangCompleter:
 
         self.model_id = model_dir
         self.tokenizer = load_tokenizer(model_dir)
-        self.params = {"max_new_tokens": max_new_tokens, "temperature": temperature}
+        self.params = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
         self.engine = sglang.Engine(model_path=model_dir, dtype=dtype, context_length=max_model_len,
                                     random_seed=seed, log_level="error")
 

@@ -110,8 +110,10 @@ def _annotate(cfg: IxtConfig, scale: ExperimentScaleConfig, responses: str, outp
         cfg, task=e.task,
         model=dataclasses.replace(cfg.model, name=scale.model, tiny=scale.tiny),
         client=dataclasses.replace(cfg.client, address=address),
-        generator=dataclasses.replace(cfg.generator, samples_per_prompt=k, temperature=e.policy_temperature,
-                                      max_new_tokens=e.policy_max_new_tokens, prompts_per_request=16, threads=1),
+        generator=dataclasses.replace(cfg.generator, samples_per_prompt=k, prompts_per_request=16, threads=1,
+                                      sampling=dataclasses.replace(cfg.generator.sampling,
+                                                                   temperature=e.policy_temperature,
+                                                                   max_new_tokens=e.policy_max_new_tokens)),
         annotate=dataclasses.replace(cfg.annotate, source="tasks", responses=responses,
                                      output=str(output), num_samples=scale.num_prompts * k))
     stats = uvloop.run(run_async(cfg))

@@ -113,7 +113,8 @@ async def policy_task_samples(cfg: IxtConfig, num_samples: int, done: set[str],
             if not batch:
                 continue
             outs = await loop.run_in_executor(pool, lambda ids=ids: engine.generate(
-                ids, n=k, max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p))
+                ids, n=k, max_new_tokens=g.sampling.max_new_tokens,
+                temperature=g.sampling.temperature, top_p=g.sampling.top_p))
             for (p, js), completions in zip(batch, outs, strict=True):
                 for j in js:
                     text = completions[j].text

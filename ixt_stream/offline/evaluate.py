@@ -36,12 +36,13 @@ from ixt_stream.offline.paired import gap
 log = logging.getLogger("ixt.eval")
 
 
-def evaluate(engine, conditioner, prompts, conditions, max_new_tokens: int, temperature: float) -> dict:
+def evaluate(engine, conditioner, prompts, conditions, max_new_tokens: int, temperature: float,
+             top_p: float = 1.0) -> dict:
     """Generate one response per prompt under each condition and score it.
 
     Args:
         engine: anything with `fits(token_ids)` and `generate(token_id_prompts, n, max_new_tokens,
-            temperature)` returning completions with `.text`, `.token_ids` and `.finish_reason`
+            temperature, top_p)` returning completions with `.text`, `.token_ids` and `.finish_reason`
             (`sample.engine.Engine`).
         conditioner: the `Conditioner` the model was trained with (its mode and inference feedback
             decide the prefix).
@@ -71,7 +72,7 @@ def evaluate(engine, conditioner, prompts, conditions, max_new_tokens: int, temp
             log.info("generating %d responses under %s", len(ids), condition)
             fit = [i for i, prompt_ids in enumerate(ids) if engine.fits(prompt_ids)]
             outs = engine.generate([ids[i] for i in fit], n=1, max_new_tokens=max_new_tokens,
-                                   temperature=temperature) if fit else []
+                                   temperature=temperature, top_p=top_p) if fit else []
             completions = [Completion("", [])] * len(prompts)  # a prompt that does not fit gets no answer
             for i, out in zip(fit, outs, strict=True):
                 completions[i] = out[0]
@@ -149,8 +150,8 @@ def run(cfg: IxtConfig) -> dict:
                     threads=cfg.eval.threads or g.threads, seed=cfg.run.seed,
                     gpu_memory_utilization=g.gpu_memory_utilization, tensor_parallel_size=g.tensor_parallel_size,
                     progress="eval")
-    result = evaluate(engine, conditioner, prompts, cfg.eval.conditions, cfg.eval.max_new_tokens,
-                      cfg.eval.temperature)
+    s = cfg.eval.sampling
+    result = evaluate(engine, conditioner, prompts, cfg.eval.conditions, s.max_new_tokens, s.temperature, s.top_p)
     inference = conditioner.inference
     return {"model": model_dir, "condition_mode": cond.mode, "conditions": list(cfg.eval.conditions),
             "tasks": list(cfg.task.names), "feedback": inference.conditions() if inference else {},

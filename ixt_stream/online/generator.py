@@ -108,7 +108,8 @@ def run(cfg: IxtConfig, stop: threading.Event) -> int:
             batch = [p for p, _ in fitting]
             t0 = time.perf_counter()
             outs = engine.generate([i for _, i in fitting], n=gen.samples_per_prompt,
-                                   max_new_tokens=gen.max_new_tokens, temperature=gen.temperature, top_p=gen.top_p)
+                                   max_new_tokens=gen.sampling.max_new_tokens,
+                                   temperature=gen.sampling.temperature, top_p=gen.sampling.top_p)
             engine_s, now, call = time.perf_counter() - t0, time.time(), call + 1
             call_tokens = sum(len(c.token_ids) for completions in outs for c in completions)
             tokens += call_tokens

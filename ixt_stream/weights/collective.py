@@ -7,7 +7,7 @@ receiver under one name. Announcements, LATEST, acks and the BLAKE3 check are un
 `WeightVersion` still travels over the (CURVE-authenticated) ZeroMQ PUB socket and still carries
 the digest, so nothing received over the unauthenticated group is applied unless it matches.
 
-Group. The learner owns a `torch.distributed.TCPStore` at `stream.collective_host:port` and forms
+Group. The learner owns a `torch.distributed.TCPStore` at `stream.collective.host:port` and forms
 *generations* of a group: rank 0 = learner, ranks 1..n = the generators that joined, in
 generator-id order (with all present, generator i is rank i + 1). Each generation is a
 `ProcessGroupGloo` / `ProcessGroupNCCL` built directly on a `PrefixStore`, so the default group
@@ -28,13 +28,13 @@ weights only between engine calls, so the receiving is done by a background thre
 hashes the payload (off the main loop); the main loop later finds the tensors ready when the
 announcement arrives. So the learner waits for the wire, not for the slowest engine call, at the
 cost of one extra copy of the weights in each generator (CPU memory, or GPU memory under NCCL:
-leave room below `gpu_memory_utilization`). Every wait has `stream.collective_timeout_s`: a
+leave room below `gpu_memory_utilization`). Every wait has `stream.collective.timeout_s`: a
 generator that dies mid-publish costs the learner at most that long, after which the learner
 re-forms the group once and broadcasts again to whoever joins; a publish never raises for a
 transport failure, the version is announced anyway and generators that missed it refuse it
 (`not_received` / `not_in_group`) and take the next one.
 
-Backend: `stream.collective_backend`, or NCCL where CUDA is available and gloo elsewhere; every
+Backend: `stream.collective.backend`, or NCCL where CUDA is available and gloo elsewhere; every
 member must pick the same. The learner hands over CPU tensors (`Learner.full_state_dict`), which
 are copied to its GPU for NCCL; a generator receives on its own GPU (NCCL) or in CPU memory (gloo).
 
@@ -111,7 +111,7 @@ def digest(header: bytes, payload: torch.Tensor) -> str:
 def backend_for(name: str) -> str:
     """`name` checked, or (empty) NCCL where CUDA is available, else gloo."""
     if name not in ("", "gloo", "nccl"):
-        raise ValueError(f"stream.collective_backend={name!r}: choose gloo, nccl or empty (auto)")
+        raise ValueError(f"stream.collective.backend={name!r}: choose gloo, nccl or empty (auto)")
     return name or ("nccl" if torch.cuda.is_available() else "gloo")
 
 
@@ -384,10 +384,10 @@ class CollectiveReader:
 
 
 def writer(cfg: StreamConfig, root, run_id: str, dtype: torch.dtype | None) -> CollectiveWriter:
-    return CollectiveWriter(cfg.collective_host or cfg.host, cfg.collective_port, cfg.collective_timeout_s,
-                            cfg.collective_backend, dtype)
+    c = cfg.collective
+    return CollectiveWriter(c.host or cfg.host, c.port, c.timeout_s, c.backend, dtype)
 
 
 def reader(cfg: StreamConfig, root, run_id: str, generator_id: str) -> CollectiveReader:
-    return CollectiveReader(cfg.collective_host or cfg.host, cfg.collective_port, generator_id,
-                            cfg.collective_timeout_s, cfg.collective_backend)
+    c = cfg.collective
+    return CollectiveReader(c.host or cfg.host, c.port, generator_id, c.timeout_s, c.backend)

@@ -3,9 +3,9 @@ a folder the learner and the generators share. Both ends.
 
 `FilesystemWriter` (learner) writes `run_dir/weights/v{N}/model.safetensors` into a temporary
 folder, hashes the file (BLAKE3), and renames the folder into place, so a reader sees a whole,
-hashed version or none; only the newest `keep` versions stay on disk. `FilesystemReader`
-(generator) reads the file, checks its size and digest against the announcement, and only then
-parses it, so nothing re-reads the file after the check.
+hashed version or none; only the newest `keep` versions (`stream.filesystem.keep_versions`) stay
+on disk. `FilesystemReader` (generator) reads the file, checks its size and digest against the
+announcement, and only then parses it, so nothing re-reads the file after the check.
 Left out: fsync (a version lost to a power cut is simply re-published by the next sync).
 """
 
@@ -98,7 +98,7 @@ class FilesystemReader:
 
 
 def writer(cfg: StreamConfig, root: Path, run_id: str, dtype: torch.dtype | None) -> FilesystemWriter:
-    return FilesystemWriter(root, keep=cfg.keep_weight_versions, dtype=dtype)
+    return FilesystemWriter(root, keep=cfg.filesystem.keep_versions, dtype=dtype)
 
 
 def reader(cfg: StreamConfig, root: Path, run_id: str, generator_id: str) -> FilesystemReader:

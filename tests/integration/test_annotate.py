@@ -122,7 +122,7 @@ def test_annotate_policy_samples_from_tiny_model(tmp_path):
     reward = start_reward(tmp_path, port)
     try:
         cmd = annotate_cmd(port, out, "model=tiny", "annotate.responses=policy", "annotate.num_samples=10",
-                           "generator.samples_per_prompt=4", "generator.max_new_tokens=24",
+                           "generator.samples_per_prompt=4", "generator.sampling.max_new_tokens=24",
                            "generator.dtype=float32")
         done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

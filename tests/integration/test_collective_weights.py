@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ixt_stream.config import StreamConfig
+from ixt_stream.config import CollectiveTransportConfig, StreamConfig
 from ixt_stream.types import Sample, WeightAck
 from ixt_stream.weights import apply, base, collective, publish
 from tests.conftest import free_port, reap
@@ -33,8 +33,8 @@ TIMEOUT_S = 5.0
 
 
 def stream_config(**kw) -> StreamConfig:
-    return StreamConfig(weights_port=free_port(), weight_transport="collective", collective_port=free_port(),
-                        collective_backend="gloo", collective_timeout_s=TIMEOUT_S, linger_ms=0, **kw)
+    return StreamConfig(weights_port=free_port(), weight_transport="collective", linger_ms=0, **kw,
+                        collective=CollectiveTransportConfig(port=free_port(), backend="gloo", timeout_s=TIMEOUT_S))
 
 
 # -- the receiver process -----------------------------------------------------------------------
@@ -239,10 +239,11 @@ def test_a_real_generator_applies_a_broadcast_version(tmp_path, tiny_model_dir, 
     cfg = stream_config(samples_port=free_port(), acks_port=free_port(), high_water_mark=8)
     overrides = [
         "profile=smoke", f"run.run_dir={tmp_path}", f"run.run_id={RUN}", "generator.prompts_per_request=2",
-        "generator.max_new_tokens=16", f"stream.samples_port={cfg.samples_port}", f"stream.acks_port={cfg.acks_port}",
+        "generator.sampling.max_new_tokens=16", f"stream.samples_port={cfg.samples_port}",
+        f"stream.acks_port={cfg.acks_port}",
         f"stream.weights_port={cfg.weights_port}", f"stream.high_water_mark={cfg.high_water_mark}",
-        "stream.weight_transport=collective", f"stream.collective_port={cfg.collective_port}",
-        "stream.collective_backend=gloo", "stream.collective_timeout_s=30",
+        "stream.weight_transport=collective", f"stream.collective.port={cfg.collective.port}",
+        "stream.collective.backend=gloo", "stream.collective.timeout_s=30",
     ]
     samples, acks = sockets.receiver(cfg, "samples", RUN), sockets.receiver(cfg, "acks", RUN)
     pub = publish.publisher(cfg, str(tmp_path), RUN)

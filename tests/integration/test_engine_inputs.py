@@ -64,8 +64,9 @@ def test_ixt_annotate_policy_skips_a_prompt_too_long_and_samples_the_rest(tmp_pa
         cmd = annotate_cmd(port, out, "model=tiny", "profile=smoke", "annotate.responses=policy",
                            f"task.prompts_file={prompts_file(tmp_path / 'prompts.jsonl', 40)}",
                            "annotate.num_samples=82", "generator.samples_per_prompt=2",
-                           "generator.prompts_per_request=32", "generator.temperature=0.7",
-                           "generator.max_new_tokens=8", "condition.max_seq_len=512", "generator.dtype=float32")
+                           "generator.prompts_per_request=32", "generator.sampling.temperature=0.7",
+                           "generator.sampling.max_new_tokens=8", "condition.max_seq_len=512",
+                           "generator.dtype=float32")
         done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=360)
     finally:
         reward.terminate()
@@ -86,7 +87,7 @@ def test_ixt_eval_samples_at_temperature_on_a_large_set(tmp_path):
     env = {k: v for k, v in ENV.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
                                                       "MASTER_PORT")}
     done = subprocess.run([sys.executable, "-m", "ixt_stream.cli", "eval", "model=tiny", "profile=smoke",
-                           "eval.temperature=0.7", "task.eval_size=128", "eval.max_new_tokens=8",
+                           "eval.sampling.temperature=0.7", "task.eval_size=128", "eval.sampling.max_new_tokens=8",
                            "eval.conditions=[unseen]", "generator.dtype=float32", f"eval.output={report}",
                            f"run.run_dir={tmp_path}"],
                           capture_output=True, text=True, env=env, timeout=360)

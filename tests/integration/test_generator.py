@@ -64,7 +64,7 @@ def test_generator_streams_samples_and_applies_a_weight_version_mid_run(tmp_path
         "profile=smoke", f"run.run_dir={tmp_path}", f"run.run_id={RUN}",
         f"stream.samples_port={stream.samples_port}", f"stream.acks_port={stream.acks_port}",
         f"stream.weights_port={stream.weights_port}", f"stream.high_water_mark={stream.high_water_mark}",
-        "generator.prompts_per_request=2", "generator.max_new_tokens=16",
+        "generator.prompts_per_request=2", "generator.sampling.max_new_tokens=16",
     ]
     samples = sockets.receiver(stream, "samples", RUN)
     acks = sockets.receiver(stream, "acks", RUN)
@@ -177,7 +177,7 @@ def test_a_prompt_too_long_is_skipped_and_counted_and_the_generator_goes_on(tmp_
     overrides = ["profile=smoke", f"run.run_dir={tmp_path}", f"run.run_id={RUN}", "condition.max_seq_len=512",
                  f"task.prompts_file={tmp_path / 'prompts.jsonl'}", f"stream.samples_port={stream.samples_port}",
                  f"stream.acks_port={stream.acks_port}", f"stream.weights_port={stream.weights_port}",
-                 "generator.prompts_per_request=2", "generator.max_new_tokens=8", "generator.dtype=float32"]
+                 "generator.prompts_per_request=2", "generator.sampling.max_new_tokens=8", "generator.dtype=float32"]
     samples = sockets.receiver(stream, "samples", RUN)
     log_path = tmp_path / "generator.log"
     proc = start_generator(overrides, log_path)

@@ -217,7 +217,7 @@ def test_online_learner_skips_a_nan_step_and_never_publishes_it(tmp_path, tiny_m
 
     run_dir = tmp_path / "run"
     cfg = load([*_overrides(run_dir), "learner.max_steps=4", "learner.max_samples_per_batch=4",
-                "stream.sync_every=1", "stream.max_version_lag=100", "stream.keep_weight_versions=10",
+                "stream.sync_every=1", "stream.max_version_lag=100", "stream.filesystem.keep_versions=10",
                 "run.tensorboard=false"])
     # -- the orchestrator's side: 24 critiqued samples on the real conditioned link -------------
     cond = Conditioner(load_tokenizer(tiny_model_dir), mode="critique")

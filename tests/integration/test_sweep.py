@@ -17,7 +17,7 @@ def test_eval_sweep_runs_two_jobs_on_the_tiny_model(tmp_path):
     """`unseen`: a prefixed condition the base model can be evaluated under (no ixt_condition.json)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "ixt_stream.cli", "eval", "-m", "profile=smoke", "eval.max_new_tokens=4,8",
+        [sys.executable, "-m", "ixt_stream.cli", "eval", "-m", "profile=smoke", "eval.sampling.max_new_tokens=4,8",
          "task.eval_size=2", "eval.conditions=[unseen]", "generator.dtype=float32", f"run.run_dir={tmp_path}"],
         capture_output=True, text=True, timeout=540, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -29,5 +29,5 @@ def test_eval_sweep_runs_two_jobs_on_the_tiny_model(tmp_path):
         assert report["conditions"] == ["unseen"] and report["metrics"]["eval/num_prompts"] == 2.0
         assert 0 < report["metrics"]["eval/unseen/response_tokens"] <= tokens
         overrides = yaml.safe_load((sweep / job / ".hydra" / "eval" / "overrides.yaml").read_text())
-        assert f"eval.max_new_tokens={tokens}" in overrides
+        assert f"eval.sampling.max_new_tokens={tokens}" in overrides
     assert sorted(p.name for p in tmp_path.iterdir()) == [sweep.name]  # no outputs/, nothing else

@@ -122,7 +122,7 @@ class _FakeEngine:
     def fits(self, ids):
         return len(ids) < 400
 
-    def generate(self, prompts, n, max_new_tokens, temperature):
+    def generate(self, prompts, n, max_new_tokens, temperature, top_p):
         self.calls += 1
         out = []
         for ids in prompts:
@@ -221,7 +221,7 @@ def test_train_then_eval_end_to_end(tmp_path):
 
     report_path = tmp_path / "eval.json"
     r = _ixt("eval", *common, f"eval.checkpoint={out}", f"eval.output={report_path}", "task.eval_size=4",
-             "eval.max_new_tokens=8")
+             "eval.sampling.max_new_tokens=8")
     assert r.returncode == 0, r.stderr[-4000:]
     report = json.loads(report_path.read_text())
     assert report["condition_mode"] == "critique" and len(report["samples"]) == 16
@@ -232,10 +232,10 @@ def test_train_then_eval_end_to_end(tmp_path):
     assert "positive - negative accuracy" in r.stdout and "95% CI" in r.stdout
 
     # the base model has no record: positive needs one, and says where to get it
-    r = _ixt("eval", *common, f"eval.output={report_path}", "task.eval_size=4", "eval.max_new_tokens=8")
+    r = _ixt("eval", *common, f"eval.output={report_path}", "task.eval_size=4", "eval.sampling.max_new_tokens=8")
     assert r.returncode == 2 and "eval.condition_from" in r.stderr
     r = _ixt("eval", *common, f"eval.condition_from={out}", f"eval.output={report_path}", "task.eval_size=4",
-             "eval.max_new_tokens=8")
+             "eval.sampling.max_new_tokens=8")
     assert r.returncode == 0, r.stderr[-4000:]
     assert json.loads(report_path.read_text())["feedback"]["positive"] == [3, "Correct and clear."]
 

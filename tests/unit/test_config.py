@@ -26,6 +26,10 @@ def test_every_shipped_option_composes(option):
     ("condition.feedback_dropout=1.5", "condition.feedback_dropout"),
     ("learner.row_tokens=100", "learner.row_tokens"),
     ("stream.weight_transport=pigeon", "stream.weight_transport"),
+    ("stream.collective_port=5605", "stream.collective_port"),  # old names fail too (now sub-sections)
+    ("generator.temperature=0.5", "generator.temperature"),
+    ("generator.sampling.top_k=5", "generator.sampling.top_k"),
+    ("stream.filesystem.keep_versions=0", "stream.filesystem.keep_versions"),
 ])
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):

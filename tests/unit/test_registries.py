@@ -25,7 +25,7 @@ def test_config_choices_are_the_registry_names(enum, table):
 
 
 def test_every_role_backend_and_transport_resolves_to_a_function():
-    for target in [*roles.ROLES.values(), *backends.BACKENDS.values()]:
+    for target in [*(r.entry for r in roles.ROLES.values()), *backends.BACKENDS.values()]:
         assert callable(lazy.resolve(target)), target
         assert list(inspect.signature(lazy.resolve(target)).parameters) == ["cfg"], target
     for name in transports.TRANSPORTS:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from prometheus_client import REGISTRY
 
-from ixt_stream.config import StreamConfig
+from ixt_stream.config import FilesystemTransportConfig, StreamConfig
 from ixt_stream.types import WeightVersion
 from ixt_stream.weights import apply, base, filesystem, publish
 from tests.conftest import free_port
@@ -42,7 +42,7 @@ def state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
 @pytest.fixture
 def ends(tmp_path):
     """A publisher (learner) and an applier (generator) on a fresh weights port."""
-    cfg = StreamConfig(weights_port=free_port(), linger_ms=0, keep_weight_versions=2)
+    cfg = StreamConfig(weights_port=free_port(), linger_ms=0, filesystem=FilesystemTransportConfig(keep_versions=2))
     pub = publish.publisher(cfg, str(tmp_path), RUN)
     app = apply.applier(cfg, str(tmp_path), RUN, "generator-0")
     assert app.poll() is None  # nothing recorded yet; this first poll consumed the LATEST check
