@@ -11,6 +11,7 @@ tiny vLLM engine applies a broadcast version and stamps it on its samples.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -54,10 +55,11 @@ def receiver_main(cfg_json: str, run_dir: str, name: str) -> None:
     """Apply every announced version until `run_dir/stop` exists; one JSON line per decision."""
     import logging
 
+    from omegaconf import OmegaConf
     from safetensors.torch import save_file
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    cfg = StreamConfig(**json.loads(cfg_json))
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(StreamConfig), json.loads(cfg_json)))
     app, engine = apply.applier(cfg, run_dir, RUN, name), SavingEngine()
     out = Path(run_dir) / name
     out.mkdir(exist_ok=True)
@@ -82,7 +84,7 @@ def start_receiver(cfg: StreamConfig, run_dir: Path, name: str) -> subprocess.Po
             "receiver_main(*sys.argv[1:])")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
     with open(run_dir / f"{name}.log", "ab") as log:
-        return subprocess.Popen([sys.executable, "-c", code, json.dumps(cfg.__dict__), str(run_dir), name],
+        return subprocess.Popen([sys.executable, "-c", code, json.dumps(dataclasses.asdict(cfg)), str(run_dir), name],
                                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
