@@ -6,13 +6,13 @@ arrive (not in input order). Each message carries whatever is ready to send, up 
 samples (gRPC's cost per message, not the critic, bounds a fast critic's rate); a service that
 answers UNIMPLEMENTED (a plugged-in reward model without the batch RPC) gets the same samples
 again, one per message, over `CritiqueStream`, as does every stream with `batch_size=1`.
-Both keep at most `max_in_flight` samples outstanding, and both retry with exponential backoff (plus jitter) on UNAVAILABLE,
-DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED, never on INVALID_ARGUMENT. On the stream, a dropped
-connection or `timeout_s` without any answer resends what was in flight on a new stream; an item
-that fails for good becomes a `Result` with `error` set, and only a service that stays down
-through every retry ends the iteration with `CritiqueError`. An exception raised by the caller's
-sample source ends the iteration with that same exception (after the answers that came before
-it), so a broken input never leaves the caller waiting; a sample that cannot even be encoded
+Both keep at most `max_in_flight` samples outstanding, and both retry with exponential backoff (plus
+jitter) on UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED, never on INVALID_ARGUMENT. On the
+stream, a dropped connection or `timeout_s` without any answer resends what was in flight on a new
+stream; an item that fails for good becomes a `Result` with `error` set, and only a service that
+stays down through every retry ends the iteration with `CritiqueError`. An exception raised by the
+caller's sample source ends the iteration with that same exception (after the answers that came
+before it), so a broken input never leaves the caller waiting; a sample that cannot even be encoded
 becomes a `Result` with an INVALID_ARGUMENT error.
 Left out: hedged requests, client-side load balancing over several services.
 """
