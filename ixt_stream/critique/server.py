@@ -56,6 +56,8 @@ ANSWERED = Counter("ixt_reward_answered", "Critique items answered, by rpc and s
 LATENCY = Histogram("ixt_reward_latency_seconds", "Backend time per critique item",
                     buckets=(0.001, 0.005, 0.02, 0.1, 0.5, 2, 10, 60))
 IN_FLIGHT = Gauge("ixt_reward_in_flight", "Critique items being judged")
+BATCH_ITEMS = Histogram("ixt_reward_batch_items", "Items per CritiqueBatchStream request message",
+                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024))
 
 
 class Fail(Exception):
@@ -318,6 +320,7 @@ class RewardServicer(pb_grpc.RewardModelServicer):
             self.failed += len(batch.requests)
             ANSWERED.labels("CritiqueBatchStream", "INVALID_ARGUMENT").inc(len(batch.requests))
             return [item_error(req.sample_id, fail) for req in batch.requests]
+        BATCH_ITEMS.observe(len(batch.requests))
         return list(batch.requests)
 
     async def CritiqueBatchStream(self, request_iterator, context):

@@ -1,0 +1,219 @@
+"""Batched critique frames (`CritiqueBatchStream`) over a real loopback socket: round trip, a bad
+item inside a batch, a batch that does not parse, the per-batch item limit, the message-size limit
+on the client's batches, and mixed old/new peers both ways (a batching client against a service
+that serves only the one-sample RPCs, and one-sample callers against the batching service).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import grpc
+import pytest
+from prometheus_client import REGISTRY
+
+from ixt_stream.critique.client import RewardClient
+from ixt_stream.critique.server import SERVICE, RewardServicer, _method_handlers
+from ixt_stream.critique.verifier import VerifierBackend
+from ixt_stream.wire import codec
+from ixt_stream.wire.ixt.v1 import ixt_pb2 as pb
+from ixt_stream.wire.ixt.v1 import ixt_pb2_grpc as pb_grpc
+from tests.integration.test_reward_service import GOOD, MISSING, WRONG, sample, serving
+
+pytestmark = pytest.mark.timeout(60)
+BATCH = f"/{SERVICE}/CritiqueBatchStream"
+
+
+@pytest.fixture(scope="module")
+def verifier() -> VerifierBackend:
+    return VerifierBackend(warm_tasks=["basic_arithmetic"])
+
+
+def answered(rpc: str, code: str = "OK") -> float:
+    return REGISTRY.get_sample_value("ixt_reward_answered_total", {"rpc": rpc, "code": code}) or 0.0
+
+
+def batches_seen() -> tuple[float, float]:
+    """(request batches, items in them) the service has read so far, from its histogram."""
+    return (REGISTRY.get_sample_value("ixt_reward_batch_items_count") or 0.0,
+            REGISTRY.get_sample_value("ixt_reward_batch_items_sum") or 0.0)
+
+
+async def collect(call, n: int) -> list[pb.CritiqueResponse]:
+    """Read answer batches until `n` items came back; no batch-level error allowed."""
+    got: list[pb.CritiqueResponse] = []
+    while len(got) < n:
+        msg = await call.read()
+        assert msg is not grpc.aio.EOF and not msg.HasField("error"), msg
+        got.extend(msg.responses)
+    return got
+
+
+@contextlib.asynccontextmanager
+async def old_service(backend):
+    """A reward model built from the proto before batches: only Critique, CritiqueStream, Describe."""
+    handlers = {name: h for name, h in _method_handlers(RewardServicer(backend, 64 << 10, 256)).items()
+                if name != "CritiqueBatchStream"}
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield port
+    finally:
+        await server.stop(0)
+
+
+def test_a_batch_round_trips_with_ids_matched(verifier):
+    kinds = [GOOD, WRONG, MISSING]
+    requests = [codec.critique_request(sample(f"b{i}", kinds[i % 3])) for i in range(60)]
+
+    async def main():
+        async with serving(verifier) as port, grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = pb_grpc.RewardModelStub(channel).CritiqueBatchStream(timeout=30)
+            await call.write(pb.CritiqueBatch(requests=requests[:40]))
+            await call.write(pb.CritiqueBatch(requests=requests[40:]))
+            await call.done_writing()
+            got = await collect(call, 60)
+            assert await call.read() is grpc.aio.EOF
+            return got
+
+    before = batches_seen()
+    got = asyncio.run(main())
+    after = batches_seen()
+    assert (after[0] - before[0], after[1] - before[1]) == (2, 60)
+    by_id = {r.sample_id: r for r in got}
+    assert len(got) == 60 and set(by_id) == {f"b{i}" for i in range(60)}  # each once, any order
+    for i in range(60):
+        r = by_id[f"b{i}"]
+        assert not r.HasField("error") and r.critique and r.model_id == "verifier"
+        assert codec.critique_from_pb(r).score == (1.0 if i % 3 == 0 else 0.0)
+
+
+def test_a_bad_item_gets_its_own_error_and_the_rest_of_the_batch_is_answered(verifier):
+    batch = pb.CritiqueBatch(requests=[
+        codec.critique_request(sample("ok1", GOOD)), pb.CritiqueRequest(response="x"),
+        codec.critique_request(sample("empty", "   ")),
+        codec.critique_request(sample("json", GOOD, metadata={"entry": "{oops"})),
+        codec.critique_request(sample("ok2", WRONG))])
+
+    async def main():
+        async with serving(verifier) as port, grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = pb_grpc.RewardModelStub(channel).CritiqueBatchStream(timeout=30)
+            await call.write(batch)
+            got = await collect(call, 5)
+            await call.done_writing()
+            return got
+
+    by_id = {r.sample_id: r for r in asyncio.run(main())}
+    assert by_id["ok1"].label == pb.QUALITY_LABEL_GOOD and by_id["ok2"].label == pb.QUALITY_LABEL_BAD
+    assert not by_id["ok1"].HasField("error") and not by_id["ok2"].HasField("error")
+    for sid, why in (("", "sample_id is required"), ("empty", "response is empty"), ("json", "not valid JSON")):
+        assert by_id[sid].error.code == "INVALID_ARGUMENT" and why in by_id[sid].error.message
+
+
+def test_an_unparsable_batch_and_a_batch_over_the_limit_are_refused_and_the_stream_goes_on(verifier):
+    over = pb.CritiqueBatch(requests=[codec.critique_request(sample(f"o{i}", GOOD)) for i in range(9)])
+    fits = pb.CritiqueBatch(requests=[codec.critique_request(sample(f"f{i}", GOOD)) for i in range(8)])
+
+    async def main():
+        async with serving(verifier, max_batch_items=8) as port, \
+                grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.stream_stream(BATCH, response_deserializer=pb.CritiqueBatchResult.FromString)(timeout=30)
+            await call.write(b"\xff\xff\xff")  # not a CritiqueBatch at all
+            broken = await call.read()
+            await call.write(over.SerializeToString())
+            refused = await collect(call, 9)
+            await call.write(fits.SerializeToString())
+            served = await collect(call, 8)
+            await call.done_writing()
+            assert await call.read() is grpc.aio.EOF
+            unary = await pb_grpc.RewardModelStub(channel).Critique(codec.critique_request(sample("u", GOOD)),
+                                                                   timeout=10)
+            return broken, refused, served, unary
+
+    broken, refused, served, unary = asyncio.run(main())
+    assert broken.error.code == "INVALID_ARGUMENT" and "not a valid ixt.v1.CritiqueBatch" in broken.error.message
+    assert not broken.responses
+    assert sorted(r.sample_id for r in refused) == sorted(f"o{i}" for i in range(9))
+    assert all(r.error.code == "INVALID_ARGUMENT" and "a batch of 9 items, more than the 8 accepted"
+               in r.error.message for r in refused)
+    assert sorted(r.sample_id for r in served) == sorted(f"f{i}" for i in range(8))
+    assert all(not r.HasField("error") and r.label == pb.QUALITY_LABEL_GOOD for r in served)
+    assert unary.label == pb.QUALITY_LABEL_GOOD
+
+
+def test_the_client_batches_and_answers_every_sample_once(verifier):
+    samples = [sample(f"c{i}", [GOOD, WRONG, MISSING][i % 3]) for i in range(300)]
+    samples[7] = sample("c7", "   ")  # one bad sample among them
+
+    async def main():
+        async with serving(verifier) as port, RewardClient(f"127.0.0.1:{port}", batch_size=16) as client:
+            return [r async for r in client.stream(samples)]
+
+    before = batches_seen()
+    results = asyncio.run(main())
+    after = batches_seen()
+    assert sorted(r.sample.sample_id for r in results) == sorted(s.sample_id for s in samples)
+    bad = [r for r in results if r.error is not None]
+    assert [(r.sample.sample_id, r.error.code) for r in bad] == [("c7", "INVALID_ARGUMENT")]
+    assert all(r.critique.sample_id == r.sample.sample_id for r in results if r.error is None)
+    n_batches, n_items = after[0] - before[0], after[1] - before[1]
+    assert n_items == 300 and n_batches < 300  # several samples a message, all on the batch RPC
+
+
+def test_client_batches_stay_under_the_message_limit(verifier):
+    """Twenty ~20 KB samples, a 100 KB message limit on both sides: split, never over the limit."""
+    big = GOOD.replace("I add", "I add " + "carefully " * 2000)
+    samples = [sample(f"m{i}", big) for i in range(20)]
+
+    async def main():
+        async with serving(verifier, max_message_bytes=100_000) as port, \
+                RewardClient(f"127.0.0.1:{port}", max_message_bytes=100_000, retries=0, timeout_s=20) as client:
+            return [r async for r in client.stream(samples)]
+
+    results = asyncio.run(main())
+    assert sorted(r.sample.sample_id for r in results) == sorted(s.sample_id for s in samples)
+    assert all(r.error is None and r.critique.label.name == "GOOD" for r in results), \
+        [r.error for r in results if r.error]
+
+
+def test_a_batching_client_falls_back_on_a_service_without_batches(verifier):
+    samples = [sample(f"n{i}", [GOOD, WRONG][i % 2]) for i in range(50)]
+
+    async def main():
+        async with old_service(verifier) as port, RewardClient(f"127.0.0.1:{port}", batch_size=16,
+                                                               retries=0) as client:
+            first = [r async for r in client.stream(samples)]
+            again = [r async for r in client.stream(samples[:5])]  # remembered: no batch RPC tried
+            return first, again, client.batches_served
+
+    before = answered("CritiqueStream")
+    first, again, served = asyncio.run(main())
+    assert served is False
+    assert sorted(r.sample.sample_id for r in first) == sorted(s.sample_id for s in samples)  # each once
+    assert all(r.error is None for r in first + again) and len(again) == 5
+    assert answered("CritiqueStream") - before == 55
+
+
+def test_one_sample_callers_are_served_by_the_batching_service(verifier):
+    async def main():
+        async with serving(verifier) as port:
+            async with RewardClient(f"127.0.0.1:{port}", batch_size=1) as client:
+                streamed = [r async for r in client.stream(sample(f"p{i}", GOOD) for i in range(20))]
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:  # an old client's stub call
+                call = pb_grpc.RewardModelStub(channel).CritiqueStream(timeout=30)
+                for i in range(3):
+                    await call.write(codec.critique_request(sample(f"q{i}", WRONG)))
+                await call.done_writing()
+                raw = [r async for r in call]
+            return streamed, raw
+
+    before_stream, before_batches = answered("CritiqueStream"), batches_seen()[0]
+    streamed, raw = asyncio.run(main())
+    assert sorted(r.sample.sample_id for r in streamed) == sorted(f"p{i}" for i in range(20))
+    assert all(r.critique is not None and r.critique.label.name == "GOOD" for r in streamed)
+    assert sorted(r.sample_id for r in raw) == ["q0", "q1", "q2"]
+    assert all(r.label == pb.QUALITY_LABEL_BAD for r in raw)
+    assert answered("CritiqueStream") - before_stream == 23 and batches_seen()[0] == before_batches
