@@ -2,7 +2,8 @@
 
 Each service is a real `ixt serve reward` process; the client (`RewardClient`, uvloop) runs here
 with the same concurrency everywhere (`CONCURRENCY` requests outstanding, closed loop):
-- verifier backend, unary and streaming: the figure;
+- verifier backend, unary, streaming one sample a message (`CritiqueStream`) and batched streaming
+  (`CritiqueBatchStream`, the client's default `batch_size`, with a sweep of batch sizes): the figure;
 - null backend, same RPCs: pure transport + service overhead (no judging);
 - the same verifier behind a plain HTTP/JSON server (aiohttp + a thread pool running the verifier:
   the OpenRLHF / slime remote-RM pattern), `python -m bench.reward --http PORT`, aiohttp client;
@@ -24,9 +25,13 @@ from pathlib import Path
 
 from bench.common import ROOT, RewardProcess, free_port, rss_bytes, session_pids, workdir
 from bench.report import Result, Row
+from ixt_stream.config import RewardClientConfig
 
 CONCURRENCY = 64
 ROUNDS = 3
+BATCHED = RewardClientConfig.batch_size
+"""The client's default batch size: what the batched rows measure."""
+BATCH_SWEEP = (4, 16, 64)
 
 
 def make_samples(n: int) -> list:
@@ -84,7 +89,9 @@ async def grpc_unary(address: str, samples: list, n: int, concurrency: int = CON
         return summarise(lat, time.perf_counter() - t0)
 
 
-async def grpc_stream(address: str, samples: list, n: int, concurrency: int = CONCURRENCY) -> dict:
+async def grpc_stream(address: str, samples: list, n: int, concurrency: int = CONCURRENCY,
+                      batch_size: int = BATCHED) -> dict:
+    """`batch_size` samples at most per stream message; 1 = CritiqueStream, one per message."""
     from ixt_stream.critique.client import RewardClient
 
     lat: list[float] = []
@@ -100,7 +107,7 @@ async def grpc_stream(address: str, samples: list, n: int, concurrency: int = CO
             sent[s.sample_id] = time.perf_counter()
             yield s
 
-    async with RewardClient(address, max_in_flight=2 * concurrency) as client:
+    async with RewardClient(address, max_in_flight=2 * concurrency, batch_size=batch_size) as client:
         await client.wait_ready()
         async for _ in client.stream(source(concurrency, "w")):  # warm-up
             gate.release()
@@ -245,8 +252,15 @@ def run(quick: bool = False) -> Result:
     for backend, option in (("verifier", "reward=verifier"), ("null", "reward=null_critic")):
         with RewardProcess([option], work / backend) as rp:
             d[f"{backend}_unary"] = client_run(lambda: grpc_unary(rp.address, samples, n), ROUNDS)
-            d[f"{backend}_stream"] = client_run(lambda: grpc_stream(rp.address, samples, n), ROUNDS)
-            d[f"{backend}_stream_cpu"] = cpu_split(lambda: grpc_stream(rp.address, samples, n), rp.pids)
+            d[f"{backend}_stream"] = client_run(lambda: grpc_stream(rp.address, samples, n, batch_size=1), ROUNDS)
+            d[f"{backend}_stream_cpu"] = cpu_split(lambda: grpc_stream(rp.address, samples, n, batch_size=1),
+                                                   rp.pids)
+            d[f"{backend}_batched"] = client_run(lambda: grpc_stream(rp.address, samples, n), ROUNDS)
+            d[f"{backend}_batched_cpu"] = cpu_split(lambda: grpc_stream(rp.address, samples, n), rp.pids)
+            if backend == "verifier":
+                d["verifier_batch_sweep"] = {
+                    str(bs): client_run(lambda bs=bs: grpc_stream(rp.address, samples, n, batch_size=bs))
+                    for bs in BATCH_SWEEP}
             d[f"{backend}_server_rss_mb"] = sum(rss_bytes(p) for p in session_pids(rp.proc.pid)) / 2**20
     port = free_port()
     log = open(work / "http.log", "wb")
@@ -269,14 +283,22 @@ def run(quick: bool = False) -> Result:
     d["loadavg"]["after"] = os.getloadavg()
 
     v_s, nul_s, http_s = d["verifier_stream"], d["null_stream"], d["http_verifier"]
+    v_b, nul_b = d["verifier_batched"], d["null_batched"]
     v_u = d["verifier_unary"]
     share = v_s["per_s"] / nul_s["per_s"]
     d["transport_share_stream"] = share
+    d["transport_share_batched"] = share_b = v_b["per_s"] / nul_b["per_s"]
     d["transport_share_vs_in_process"] = 1 - v_s["per_s"] / d["in_process_verifier"]["per_s"]
     r = Result("reward", quick=quick, details=d)
     r.rows += [
         Row("verifier, streaming RPC: critiques/s", v_s["per_s"], http_s["per_s"], "HTTP/JSON + thread pool",
             "critiques/s"),
+        Row(f"verifier, batched streaming RPC ({BATCHED}/msg): critiques/s", v_b["per_s"], http_s["per_s"],
+            "HTTP/JSON + thread pool", "critiques/s", True, ">= 1x", v_b["per_s"] >= http_s["per_s"]),
+        Row(f"verifier, batched streaming RPC ({BATCHED}/msg) vs one sample a message: critiques/s", v_b["per_s"],
+            v_s["per_s"], "CritiqueStream, 1/msg", "critiques/s"),
+        Row(f"verifier, batched streaming RPC ({BATCHED}/msg): p99 latency", v_b["p99_ms"], http_s["p99_ms"],
+            "HTTP/JSON + thread pool", "ms", False),
         Row("verifier, unary RPC: critiques/s", v_u["per_s"], http_s["per_s"], "HTTP/JSON + thread pool",
             "critiques/s"),
         Row("verifier, streaming RPC: p50 latency", v_s["p50_ms"], http_s["p50_ms"], "HTTP/JSON + thread pool", "ms",
@@ -287,8 +309,12 @@ def run(quick: bool = False) -> Result:
             False),
         Row("transport per critique (null) vs verifier critique, stream, saturated", 1e3 / nul_s["per_s"],
             1e3 / v_s["per_s"], "verifier critique served", "ms", False, "<= 5%", share <= 0.05),
+        Row("transport per critique (null) vs verifier critique, batched stream, saturated", 1e3 / nul_b["per_s"],
+            1e3 / v_b["per_s"], "verifier critique served", "ms", False, "<= 5%", share_b <= 0.05),
         Row("null backend, streaming RPC: critiques/s", nul_s["per_s"], 5000.0, "goal", "critiques/s", True,
             ">= 5k/s", nul_s["per_s"] >= 5000),
+        Row(f"null backend, batched streaming RPC ({BATCHED}/msg): critiques/s", nul_b["per_s"], nul_s["per_s"],
+            "CritiqueStream, 1/msg", "critiques/s"),
         Row("vllm critic (tiny): dynamic batching vs max_batch_size=1", vllm[32]["per_s"], vllm[1]["per_s"],
             "max_batch_size=1", "critiques/s", True, ">= 4x", vllm[32]["per_s"] >= 4 * vllm[1]["per_s"]),
     ]
