@@ -8,18 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import grpc
 import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
+from ixt_stream.config import load
 from ixt_stream.critique.client import RewardClient
 from ixt_stream.critique.server import SERVICE, RewardServicer, _method_handlers
 from ixt_stream.critique.verifier import VerifierBackend
+from ixt_stream.ledger import Ledger
+from ixt_stream.online import orchestrator
+from ixt_stream.stream import sockets
 from ixt_stream.wire import codec
 from ixt_stream.wire.ixt.v1 import ixt_pb2 as pb
 from ixt_stream.wire.ixt.v1 import ixt_pb2_grpc as pb_grpc
-from tests.integration.test_reward_service import GOOD, MISSING, WRONG, sample, serving
+from tests.conftest import free_port
+from tests.integration.test_reward_service import GOOD, MISSING, WRONG, ScriptedBackend, sample, serving
 
 pytestmark = pytest.mark.timeout(60)
 BATCH = f"/{SERVICE}/CritiqueBatchStream"
@@ -51,14 +58,17 @@ async def collect(call, n: int) -> list[pb.CritiqueResponse]:
 
 
 @contextlib.asynccontextmanager
-async def old_service(backend):
-    """A reward model built from the proto before batches: only Critique, CritiqueStream, Describe."""
+async def old_service(backend, port: int = 0):
+    """A reward model built from the proto before batches: only Critique, CritiqueStream, Describe
+    (and health)."""
     handlers = {name: h for name, h in _method_handlers(RewardServicer(backend, 64 << 10, 256)).items()
                 if name != "CritiqueBatchStream"}
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    port = server.add_insecure_port("127.0.0.1:0")
+    health_pb2_grpc.add_HealthServicer_to_server(checks := health.aio.HealthServicer(), server)
+    port = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
+    await checks.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
     try:
         yield port
     finally:
@@ -217,3 +227,61 @@ def test_one_sample_callers_are_served_by_the_batching_service(verifier):
     assert sorted(r.sample_id for r in raw) == ["q0", "q1", "q2"]
     assert all(r.label == pb.QUALITY_LABEL_BAD for r in raw)
     assert answered("CritiqueStream") - before_stream == 23 and batches_seen()[0] == before_batches
+
+
+@pytest.mark.timeout(120)
+def test_the_orchestrator_loses_nothing_when_a_batching_service_gives_way_to_an_old_one(tmp_path, tiny_model_dir):
+    """Mid-run, the batching service stops (what it held in flight is lost with it) and a service
+    without the batch RPC takes its port: the orchestrator resends what was unanswered, falls back to
+    CritiqueStream, and every sample is conditioned exactly once; the ledger stays conserved."""
+    run = "orch-batches"
+    ports = [free_port() for _ in range(4)]
+    cfg = load(["profile=smoke", f"run.run_dir={tmp_path}", f"run.run_id={run}", "run.tensorboard=false",
+                f"reward.port={ports[0]}", f"client.address=127.0.0.1:{ports[0]}", "client.batch_size=8",
+                "client.max_in_flight=16", "client.backoff_s=0.05", f"stream.samples_port={ports[1]}",
+                f"stream.conditioned_port={ports[2]}", f"stream.weights_port={ports[3]}", "stream.linger_ms=0"])
+    samples = [sample(f"g0-{i}", GOOD, generator_id="generator-0") for i in range(120)]
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    new_backend, old_backend = ScriptedBackend(delay_s=0.2), ScriptedBackend()
+
+    async def main():
+        stop = asyncio.Event()
+        push = sockets.sender(cfg.stream, "samples", run)
+        pulled = sockets.receiver(cfg.stream, "conditioned", run)
+        got: list[str] = []
+
+        async def pull(until: int, within_s: float) -> None:
+            deadline = time.monotonic() + within_s
+            while len(got) < until and time.monotonic() < deadline:
+                got.extend(c.sample.sample_id for c in pulled.drain())
+                await asyncio.sleep(0.02)
+
+        task = None
+        try:
+            async with serving(new_backend, ports[0], grace_s=0):
+                task = asyncio.create_task(orchestrator.run(cfg, stop))
+                ledger.generated(samples)  # as a generator does, before sending
+                for s in samples:
+                    assert push.send(s, timeout_ms=5000)
+                await pull(20, 30)
+            in_flight_lost = len(samples) - new_backend.calls  # at least the queue the stop cut off
+            async with old_service(old_backend, ports[0]):
+                await pull(len(samples), 60)
+                await asyncio.sleep(0.3)  # nothing else comes
+                got.extend(c.sample.sample_id for c in pulled.drain())
+        finally:
+            stop.set()
+            counts = await asyncio.wait_for(task, 30) if task else {}
+            push.close()
+            pulled.close()
+        return got, counts, in_flight_lost
+
+    before = answered("CritiqueStream")
+    got, counts, in_flight_lost = asyncio.run(main())
+    assert answered("CritiqueStream") - before == old_backend.calls  # the fallback served the rest
+    assert sorted(got) == sorted(s.sample_id for s in samples)  # each exactly once
+    assert in_flight_lost > 0 and old_backend.calls >= in_flight_lost  # the old service did the rest
+    assert counts["critique_failed"] == 0
+    summary = ledger.summary()
+    assert summary["conserved"] and summary["dropped_by_reason"] == {} and summary["in_flight"] == len(samples)
+    ledger.close()
