@@ -97,8 +97,7 @@ class RewardClient:
         self.address = address
         self.batch_size = batch_size
         self.batches_served = True
-        """False once the service answered CritiqueBatchStream with UNIMPLEMENTED: streams then use
-        CritiqueStream for the rest of this client's life."""
+        """Whether the service serves CritiqueBatchStream, as last asked (`_serves_batches`)."""
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
@@ -158,6 +157,25 @@ class RewardClient:
     async def describe(self) -> ModelCard:
         return codec.card_from_pb(await self._stub.Describe(pb.DescribeRequest(), timeout=self.timeout_s,
                                                       metadata=self._metadata))
+
+    async def _serves_batches(self) -> None:
+        """Ask whether the service serves CritiqueBatchStream: a call half-closed before any write ends
+        OK on one that does and UNIMPLEMENTED on one that does not (a plugged-in or older reward
+        model). Asked this way, not by the first batch: grpc-python can report a write that races an
+        UNIMPLEMENTED answer as INTERNAL (grpc/grpc#36066). Any other outcome (the service is down)
+        leaves the answer as it was; the stream itself then meets the failure and retries."""
+        call = self._stub.CritiqueBatchStream(metadata=self._metadata, timeout=self.timeout_s)
+        try:
+            await call.done_writing()
+        except Exception:  # the call already ended (the status below says how); never raises there
+            pass
+        code = await call.code()
+        if code in (grpc.StatusCode.OK, grpc.StatusCode.UNIMPLEMENTED):
+            served = code == grpc.StatusCode.OK
+            if not served and self.batches_served:
+                log.info("%s does not serve CritiqueBatchStream: one sample a message (CritiqueStream)",
+                         self.address)
+            self.batches_served = served
 
     async def critique(self, sample: Sample) -> Critique:
         """One critique (unary call, retried). Raises CritiqueError when it fails for good."""
@@ -249,12 +267,6 @@ class _StreamRun:
                 try:
                     if await self._session(sent, tasks):
                         break
-                except _NoBatches as e:  # not a failure: the same samples go again, one per message
-                    log.info("%s does not serve CritiqueBatchStream (%s): using CritiqueStream", self.c.address, e)
-                    self.c.batches_served = False
-                    for item in sent.values():
-                        self.ready.put_nowait(item)
-                    continue
                 except grpc.aio.AioRpcError as e:
                     if e.code() not in RETRYABLE | {grpc.StatusCode.CANCELLED}:
                         raise CritiqueError(e.code().name, e.details() or "") from e
@@ -316,6 +328,8 @@ class _StreamRun:
     async def _session(self, sent: dict[str, tuple[Sample, int]], tasks: set) -> bool:
         """One stream call (CritiqueBatchStream, or CritiqueStream when batches are off or not served);
         True when everything is answered and the stream closed cleanly."""
+        if self.c.batch_size > 1:
+            await self.c._serves_batches()
         batched = self.c.batch_size > 1 and self.c.batches_served
         rpc = self.c._stub.CritiqueBatchStream if batched else self.c._stub.CritiqueStream
         call = rpc(metadata=self.c._metadata)
@@ -379,8 +393,8 @@ class _StreamRun:
                 return True
             raise _Broken("UNAVAILABLE", "stream ended before every sample was answered")
         except grpc.aio.AioRpcError as e:
-            if batched and e.code() == grpc.StatusCode.UNIMPLEMENTED:
-                raise _NoBatches(e.details() or "") from e
+            if batched and e.code() == grpc.StatusCode.UNIMPLEMENTED:  # swapped for an older service since asked
+                raise _Broken("UNAVAILABLE", "CritiqueBatchStream is no longer served") from e
             raise
         except asyncio.CancelledError:
             if dog.done():  # our watchdog cancelled a stalled stream: retry, do not give up
@@ -391,10 +405,6 @@ class _StreamRun:
             dog.cancel()
             await asyncio.gather(sender, dog, return_exceptions=True)
             call.cancel()
-
-
-class _NoBatches(Exception):
-    """The service does not serve CritiqueBatchStream (a plugged-in or older reward model)."""
 
 
 class _Broken(Exception):

@@ -196,7 +196,7 @@ def test_a_batching_client_falls_back_on_a_service_without_batches(verifier):
         async with old_service(verifier) as port, RewardClient(f"127.0.0.1:{port}", batch_size=16,
                                                                retries=0) as client:
             first = [r async for r in client.stream(samples)]
-            again = [r async for r in client.stream(samples[:5])]  # remembered: no batch RPC tried
+            again = [r async for r in client.stream(samples[:5])]
             return first, again, client.batches_served
 
     before = answered("CritiqueStream")
@@ -261,12 +261,14 @@ def test_the_orchestrator_loses_nothing_when_a_batching_service_gives_way_to_an_
             async with serving(new_backend, ports[0], grace_s=0):
                 task = asyncio.create_task(orchestrator.run(cfg, stop))
                 ledger.generated(samples)  # as a generator does, before sending
-                for s in samples:
-                    assert push.send(s, timeout_ms=5000)
+                # shallow queues: push from a thread (the socket's only user) while this loop pulls
+                pushing = asyncio.create_task(asyncio.to_thread(
+                    lambda: all(push.send(s, timeout_ms=30_000) for s in samples)))
                 await pull(20, 30)
             in_flight_lost = len(samples) - new_backend.calls  # at least the queue the stop cut off
             async with old_service(old_backend, ports[0]):
                 await pull(len(samples), 60)
+                assert await pushing
                 await asyncio.sleep(0.3)  # nothing else comes
                 got.extend(c.sample.sample_id for c in pulled.drain())
         finally:
