@@ -3,9 +3,10 @@
 Two paths. `critique(sample)` is one unary call with a deadline. `stream(samples)` pipelines any
 number of samples over one `CritiqueBatchStream` and yields a `Result` per sample as answers
 arrive (not in input order). Each message carries whatever is ready to send, up to `batch_size`
-samples (gRPC's cost per message, not the critic, bounds a fast critic's rate); a service that
-answers UNIMPLEMENTED (a plugged-in reward model without the batch RPC) gets the same samples
-again, one per message, over `CritiqueStream`, as does every stream with `batch_size=1`.
+samples (gRPC's cost per message, not the critic, bounds a fast critic's rate). Each stream first
+asks whether the service serves the batch RPC; one that does not (a plugged-in reward model built
+before it: UNIMPLEMENTED) gets the samples one per message over `CritiqueStream`, as does every
+stream with `batch_size=1`.
 Both keep at most `max_in_flight` samples outstanding, and both retry with exponential backoff (plus
 jitter) on UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED, never on INVALID_ARGUMENT. On the
 stream, a dropped connection or `timeout_s` without any answer resends what was in flight on a new
@@ -343,8 +344,8 @@ class _StreamRun:
             await call.write(pb.CritiqueBatch(requests=batch) if batched else batch[0])
 
         async def send() -> None:
-            """Whatever is ready goes out now, up to `most` items and the message limit a message:
-            no waiting for a batch to fill, so a lone sample is not held back."""
+            """Whatever is ready goes out now, `most` items a message at most and within the message
+            limit: nothing waits for a batch to fill, so a lone sample is not held back."""
             batch: list[pb.CritiqueRequest] = []
             size, end = 0, False
             while not end:
