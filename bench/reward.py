@@ -7,7 +7,8 @@ with the same concurrency everywhere (`CONCURRENCY` requests outstanding, closed
 - null backend, same RPCs: pure transport + service overhead (no judging);
 - the same verifier behind a plain HTTP/JSON server (aiohttp + a thread pool running the verifier:
   the OpenRLHF / slime remote-RM pattern), `python -m bench.reward --http PORT`, aiohttp client;
-- the verifier in-process, no transport at all: its own cost per critique;
+- the verifier in-process, no transport at all: its own cost per critique; and judged on the
+  service's event loop (`reward.judge_workers=0`), without the judge worker's pipe round trip;
 - vllm backend on the tiny model: dynamic batching (`max_batch_size=32`) vs `max_batch_size=1`.
 Transport share of a verifier critique at saturation = (1 / null critiques/s) / (1 / verifier
 critiques/s) on the stream; the client and the server share the same 2 cores, as in the stack.
@@ -246,6 +247,27 @@ def client_run(make, rounds: int = 1) -> dict:
 # -- the run -----------------------------------------------------------------------------------
 
 
+def loop_verifier(work: Path, samples: list, n: int) -> dict:
+    """The verifier judged on the service's event loop (`reward.judge_workers=0`, no worker process):
+    what the transport gives a cheap critic without the judge worker's pipe round trip per item."""
+    with RewardProcess(["reward=verifier", "reward.judge_workers=0"], work / "verifier-loop") as rp:
+        return {"verifier_loop_stream": client_run(lambda: grpc_stream(rp.address, samples, n, batch_size=1), ROUNDS),
+                "verifier_loop_batched": client_run(lambda: grpc_stream(rp.address, samples, n), ROUNDS)}
+
+
+def http_peer(work: Path, samples: list, n: int) -> dict:
+    """The HTTP/JSON peer's run (its server in a subprocess of its own)."""
+    port = free_port()
+    log = open(work / "http.log", "wb")
+    http = subprocess.Popen([sys.executable, "-m", "bench.reward", "--http", str(port)], cwd=ROOT, stdout=log,
+                            stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        return client_run(lambda: http_client(port, samples, n), ROUNDS)
+    finally:
+        http.terminate()
+        http.wait(30)
+
+
 def run(quick: bool = False) -> Result:
     n = 10_000 if quick else 30_000
     n_vllm = 128 if quick else 256
@@ -267,15 +289,8 @@ def run(quick: bool = False) -> Result:
                     str(bs): client_run(lambda bs=bs: grpc_stream(rp.address, samples, n, batch_size=bs))
                     for bs in BATCH_SWEEP}
             d[f"{backend}_server_rss_mb"] = sum(rss_bytes(p) for p in session_pids(rp.proc.pid)) / 2**20
-    port = free_port()
-    log = open(work / "http.log", "wb")
-    http = subprocess.Popen([sys.executable, "-m", "bench.reward", "--http", str(port)], cwd=ROOT, stdout=log,
-                            stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        d["http_verifier"] = client_run(lambda: http_client(port, samples, n), ROUNDS)
-    finally:
-        http.terminate()
-        http.wait(30)
+    d |= loop_verifier(work, samples, n)
+    d["http_verifier"] = http_peer(work, samples, n)
     d["loadavg"]["after_transport"] = os.getloadavg()
 
     vllm = {}
@@ -300,6 +315,10 @@ def run(quick: bool = False) -> Result:
             "critiques/s"),
         Row(f"verifier, batched streaming RPC ({BATCHED}/msg): critiques/s", v_b["per_s"], http_s["per_s"],
             "HTTP/JSON + thread pool", "critiques/s", True, ">= 1x", v_b["per_s"] >= http_s["per_s"]),
+        Row(f"verifier judged on the event loop, batched streaming RPC ({BATCHED}/msg): critiques/s",
+            d["verifier_loop_batched"]["per_s"], http_s["per_s"], "HTTP/JSON + thread pool", "critiques/s"),
+        Row("verifier judged on the event loop, streaming RPC (1/msg): critiques/s",
+            d["verifier_loop_stream"]["per_s"], http_s["per_s"], "HTTP/JSON + thread pool", "critiques/s"),
         Row(f"verifier, batched streaming RPC ({BATCHED}/msg) vs one sample a message: critiques/s", v_b["per_s"],
             v_s["per_s"], "CritiqueStream, 1/msg", "critiques/s"),
         Row(f"verifier, batched streaming RPC ({BATCHED}/msg): p99 latency", v_b["p99_ms"], http_s["p99_ms"],
