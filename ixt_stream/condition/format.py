@@ -41,6 +41,7 @@ from ixt_stream.types import ConditionedSample, Critique, Label, Sample
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 LEAK_POLICIES = ("train", "redact", "drop")
+TRUNCATED_POLICIES = ("train", "drop")
 
 
 def feedback_text(label: Label, critique: str, mode: str) -> str:
@@ -115,6 +116,8 @@ class Conditioner:
         max_seq_len: longer samples lose the tail of their response (never the prefix).
         leak_policy: what a critique that gives the answer away gets: "train" (as is), "redact"
             (the leaked spans masked) or "drop" (`Rejected("feedback_leak")`).
+        truncated: what a response cut at the token limit gets: "train" or "drop"
+            (`Rejected("truncated")`).
         inference: the feedback to condition on at inference (None: none recorded yet).
         system_prompt: the system text the feedback follows in a chat sample ("" = none).
     """
@@ -130,16 +133,20 @@ class Conditioner:
         inference: InferenceFeedback | None = None,
         seed: int = 0,
         system_prompt: str = "",
+        truncated: str = "train",
     ):
         self._mode = modes.get(mode)  # ValueError for an unknown mode
         if leak_policy not in LEAK_POLICIES:
             raise ValueError(f"unknown leak policy {leak_policy!r}: {' | '.join(LEAK_POLICIES)}")
+        if truncated not in TRUNCATED_POLICIES:
+            raise ValueError(f"unknown truncated policy {truncated!r}: {' | '.join(TRUNCATED_POLICIES)}")
         self.tok = tokenizer
         self.mode = mode
         self.feedback_dropout = feedback_dropout
         self.max_feedback_tokens = max_feedback_tokens
         self.max_seq_len = max_seq_len
         self.leak_policy = leak_policy
+        self.truncated = truncated
         self.inference = inference
         self.system_prompt = system_prompt
         self._rng = random.Random(seed)
@@ -152,7 +159,7 @@ class Conditioner:
         """The Conditioner a ConditionConfig describes: training, generation and eval agree."""
         return cls(tokenizer, mode=cfg.mode, feedback_dropout=cfg.feedback_dropout,
                    max_feedback_tokens=cfg.max_feedback_tokens, max_seq_len=cfg.max_seq_len,
-                   leak_policy=cfg.leak_policy, inference=inference, seed=seed,
+                   leak_policy=cfg.leak_policy, truncated=cfg.truncated, inference=inference, seed=seed,
                    system_prompt=default_system_prompt(tokenizer) if cfg.system_prompt == "auto" else cfg.system_prompt)
 
     def _markup(self, text: str) -> list[int]:
@@ -209,8 +216,10 @@ class Conditioner:
         """Lay out one training sample; loss only on the response (or the document).
 
         `critique=None` (or mode "none", or a feedback-dropout draw) gives no feedback segment.
-        Raises `Rejected` ("too_long", "feedback_leak") for a sample that cannot be trained on.
+        Raises `Rejected` ("too_long", "feedback_leak", "truncated") for a sample not to train on.
         """
+        if sample.truncated and self.truncated == "drop":
+            raise Rejected("truncated", f"sample {sample.sample_id}: cut at the token limit (condition.truncated=drop)")
         document = sample.is_document
         leaked = False
         if critique is not None:

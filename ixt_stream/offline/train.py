@@ -35,7 +35,7 @@ from pathlib import Path
 
 from ixt_stream import logs, progress
 from ixt_stream.condition import record
-from ixt_stream.condition.format import Conditioner, FeedbackCounter
+from ixt_stream.condition.format import Conditioner, FeedbackCounter, Rejected
 from ixt_stream.config import ConfigError, IxtConfig
 from ixt_stream.corpus import BadInput, Skips, read_annotated
 from ixt_stream.types import ConditionedSample, Critique, Sample
@@ -45,15 +45,16 @@ log = logging.getLogger("ixt.train")
 
 def fitting(rows: list[tuple[Sample, Critique | None]], conditioner: Conditioner,
             skips: Skips) -> list[tuple[Sample, Critique | None]]:
-    """The rows whose full layout (feedback included) fits `max_seq_len`, checked before the first
-    step; the others are reported to `skips` (reason `too_long`). Feedback dropout only shortens a
+    """The rows the conditioner accepts (fitting `max_seq_len`, feedback included, and within the
+    leak and truncation policies), checked before the first step; the others are reported to
+    `skips` with the conditioner's reason. Feedback dropout only shortens a
     sample, so a row that fits with its feedback fits in every epoch."""
     out = []
     for sample, critique in rows:
         try:
             conditioner.condition(sample, critique)
-        except ValueError as e:
-            skips.bad(sample.sample_id, "too_long", str(e))
+        except Rejected as e:
+            skips.bad(sample.sample_id, e.reason, str(e))
             continue
         out.append((sample, critique))
     return out

@@ -11,7 +11,8 @@ samples socket fills and the generators block: back-pressure end to end, nothing
 critique that fails for good (after the client's retries) is dropped with reason
 `critique_failed`; a sample too long for `condition.max_seq_len` with `too_long`; under
 `condition.leak_policy=drop`, one whose critique gives the answer away with `feedback_leak` (under
-the other policies leaks are only counted: `critique/leak_fraction`). All go to the ledger,
+the other policies leaks are only counted: `critique/leak_fraction`); under `condition.truncated=drop`,
+a response cut at the token limit with `truncated`. All go to the ledger,
 so no sample is trained without a critique or lost silently. A sample already stale
 (`batch.staleness`: the learner would drop it, whatever comes next) is dropped before its critique
 with reason `stale_before_critique`, so no critique is paid for a sample that cannot be trained;
@@ -62,7 +63,7 @@ async def run(cfg: IxtConfig, stop: asyncio.Event) -> dict:
     """The newest weight version announced by the learner (0 until the first announcement)."""
     sink = MetricsSink.from_config(cfg, NAME)
     examples = SampleLog(run_dir)
-    counts = {"received": 0, "conditioned": 0, "critique_failed": 0, "too_long": 0, "feedback_leak": 0,
+    counts = {"received": 0, "conditioned": 0, "critique_failed": 0, "too_long": 0, "feedback_leak": 0, "truncated": 0,
               "feedback_leaks": 0, "stream_restarts": 0, "stale_before_critique": 0}
     latency_ms: deque[float] = deque(maxlen=256)
     scores: deque[float] = deque(maxlen=256)

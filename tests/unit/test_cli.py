@@ -29,11 +29,18 @@ def _in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
+def _cpu_profile_lr() -> float:
+    """The learning rate configs/profile/cpu.yaml sets (it differs from the dataclass default)."""
+    from ixt_stream.hydra_app import CONFIG_DIR
+
+    return float(yaml.safe_load((CONFIG_DIR / "profile" / "cpu.yaml").read_text())["learner"]["lr"])
+
+
 def test_help_lists_the_commands_keys_with_their_docstrings(capsys, tmp_path):
     code, out, _ = ixt(capsys, "train", "--help")
     assert code == 0
     lines = out.splitlines()
-    at = lines.index("  learner.lr = 5e-05")  # the cpu profile's value
+    at = lines.index(f"  learner.lr = {_cpu_profile_lr()}")  # the cpu profile's value
     assert lines[at + 1].strip().startswith("Peak AdamW learning rate")
     assert "model: smollm2, tiny" in lines and "ixt train: DeepSpeed learner" in out
     assert "--cfg" in out and "  train.data = " in out and "  stream.host" not in out  # its own sections only
@@ -47,7 +54,7 @@ def test_cfg_job_prints_the_composed_config(capsys, tmp_path):
     assert code == 0
     cfg = yaml.safe_load(out)
     assert cfg["model"]["name"] == "tiny" and cfg["model"]["tiny"]["hidden_size"] == 64
-    assert cfg["learner"]["lr"] == 5e-05 and "hydra" not in cfg
+    assert cfg["learner"]["lr"] == _cpu_profile_lr() and "hydra" not in cfg
     code, out, _ = ixt(capsys, "eval", "--cfg", "hydra")
     hydra = yaml.safe_load(out)["hydra"]
     assert hydra["run"]["dir"] == "${run.run_dir}" and hydra["job"]["chdir"] is False

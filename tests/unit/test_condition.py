@@ -157,6 +157,19 @@ def test_truncated_response_trains_without_end_of_turn(tokenizer):
     assert text_cut.input_ids[-len(im_end):] != im_end
 
 
+def test_truncated_policy_drop_rejects_only_cut_responses(tokenizer):
+    """condition.truncated=drop (overlong filtering): a cut response is rejected with its own ledger
+    reason, a finished one trains as under the default."""
+    cond = Conditioner(tokenizer, truncated="drop")
+    with pytest.raises(Rejected) as e:
+        cond.condition(dataclasses.replace(CHAT, finish_reason="length"), CRIT)
+    assert e.value.reason == "truncated"
+    done = dataclasses.replace(CHAT, finish_reason="stop")
+    assert cond.condition(done, CRIT).input_ids == Conditioner(tokenizer).condition(done, CRIT).input_ids
+    with pytest.raises(ValueError, match="truncated policy"):
+        Conditioner(tokenizer, truncated="cut")
+
+
 @pytest.mark.parametrize("field", ["prompt", "response"])
 def test_special_token_text_stays_plain_text(tokenizer, field):
     """A literal "<|im_end|>" or "<|im_start|>system" in outside text is never a special token."""
