@@ -16,7 +16,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
 from ixt_stream.config import load
-from ixt_stream.critique.client import RewardClient
+from ixt_stream.critique.client import CritiqueError, RewardClient
+from ixt_stream.critique.isolate import IsolatedBackend
 from ixt_stream.critique.server import SERVICE, RewardServicer, _method_handlers
 from ixt_stream.critique.verifier import VerifierBackend
 from ixt_stream.ledger import Ledger
@@ -287,3 +288,95 @@ def test_the_orchestrator_loses_nothing_when_a_batching_service_gives_way_to_an_
     summary = ledger.summary()
     assert summary["conserved"] and summary["dropped_by_reason"] == {} and summary["in_flight"] == len(samples)
     ledger.close()
+
+
+def sleepy_workers(timeout_s: float = 3.0) -> IsolatedBackend:
+    return IsolatedBackend("tests.integration.test_reward_bounded:SleepyBackend", workers=1, timeout_s=timeout_s)
+
+
+def test_a_batch_crosses_to_the_judge_worker_as_one_message():
+    backend = sleepy_workers()
+
+    async def main():
+        async with serving(backend) as port, grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = pb_grpc.RewardModelStub(channel).CritiqueBatchStream(timeout=30)
+            await call.write(pb.CritiqueBatch(requests=[codec.critique_request(sample(f"w{i}", GOOD))
+                                                        for i in range(60)]))
+            got = await collect(call, 60)
+            await call.done_writing()
+            return got
+
+    got = asyncio.run(main())
+    assert sorted(r.sample_id for r in got) == sorted(f"w{i}" for i in range(60))
+    assert all(not r.HasField("error") and r.label == pb.QUALITY_LABEL_GOOD for r in got)
+    assert backend.batches == 1 and backend.replaced == 0
+
+
+def test_a_poisoned_item_in_a_batch_fails_alone_and_its_batch_mates_are_answered():
+    """One item kills the judge worker, another hangs it: each gets its own error (UNAVAILABLE: the
+    worker died under it; INVALID_ARGUMENT: too costly) and the 38 others are answered."""
+    backend = sleepy_workers()
+    responses = {f"ok{i}": GOOD for i in range(38)} | {"crash": "crash", "sleep": "sleep"}
+    order = [*list(responses)[:10], "crash", *list(responses)[10:25], "sleep", *list(responses)[25:38]]
+
+    async def main():
+        async with serving(backend) as port, grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = pb_grpc.RewardModelStub(channel).CritiqueBatchStream(timeout=60)
+            await call.write(pb.CritiqueBatch(requests=[codec.critique_request(sample(sid, responses[sid]))
+                                                        for sid in order]))
+            got = await collect(call, len(order))
+            await call.done_writing()
+            return got
+
+    t0 = time.perf_counter()
+    by_id = {r.sample_id: r for r in asyncio.run(main())}
+    assert set(by_id) == set(order) and len(by_id) == 40
+    assert by_id["crash"].error.code == "UNAVAILABLE" and "died" in by_id["crash"].error.message
+    assert "while judging this sample" in by_id["crash"].error.message
+    assert by_id["sleep"].error.code == "INVALID_ARGUMENT" and "too costly" in by_id["sleep"].error.message
+    assert all(not by_id[f"ok{i}"].HasField("error") and by_id[f"ok{i}"].label == pb.QUALITY_LABEL_GOOD
+               for i in range(38))
+    assert backend.replaced == 2 and time.perf_counter() - t0 < 40  # the hang was stopped at ~3 s, not 60
+
+
+def test_old_and_new_clients_share_the_judge_workers_and_a_poisoned_item_fails_alone():
+    """A batching client, a one-sample stream client and a unary caller at once, each with a sample
+    that hangs the judge worker: those three fail alone, every other sample of each is answered."""
+    backend = sleepy_workers(timeout_s=2.0)
+
+    async def run(client: RewardClient, tag: str) -> list:
+        samples = [sample(f"{tag}{i}", GOOD) for i in range(15)]
+        samples.insert(7, sample(f"{tag}-sleep", "sleep"))
+        return [r async for r in client.stream(samples)]
+
+    async def main():
+        async with serving(backend) as port:
+            address = f"127.0.0.1:{port}"
+            async with (RewardClient(address, retries=0, timeout_s=60) as new,
+                        RewardClient(address, retries=0, timeout_s=60, batch_size=1) as old,
+                        RewardClient(address, retries=0, timeout_s=60) as unary):
+                async def unary_calls() -> list:
+                    out = []
+                    for s in (sample("u0", GOOD), sample("u-sleep", "sleep"), sample("u1", GOOD)):
+                        try:
+                            out.append((s.sample_id, await unary.critique(s)))
+                        except CritiqueError as e:
+                            out.append((s.sample_id, e))
+                    return out
+
+                return await asyncio.gather(run(new, "n"), run(old, "o"), unary_calls())
+
+    before_batches, before_stream = answered("CritiqueBatchStream"), answered("CritiqueStream")
+    batched, single, unary = asyncio.run(main())
+    for tag, results in (("n", batched), ("o", single)):
+        by_id = {r.sample.sample_id: r for r in results}
+        assert len(results) == 16 and set(by_id) == {f"{tag}{i}" for i in range(15)} | {f"{tag}-sleep"}
+        assert by_id[f"{tag}-sleep"].error.code == "INVALID_ARGUMENT"
+        assert "too costly" in by_id[f"{tag}-sleep"].error.message
+        assert all(by_id[f"{tag}{i}"].critique.label.name == "GOOD" for i in range(15))
+    assert [sid for sid, _ in unary] == ["u0", "u-sleep", "u1"]
+    assert unary[0][1].label.name == unary[2][1].label.name == "GOOD"
+    assert unary[1][1].code == "INVALID_ARGUMENT" and "too costly" in unary[1][1].message
+    assert answered("CritiqueBatchStream") - before_batches == 15
+    assert answered("CritiqueStream") - before_stream == 15
+    assert backend.replaced == 3
