@@ -8,7 +8,8 @@ with the same concurrency everywhere (`CONCURRENCY` requests outstanding, closed
 - the same verifier behind a plain HTTP/JSON server (aiohttp + a thread pool running the verifier:
   the OpenRLHF / slime remote-RM pattern), `python -m bench.reward --http PORT`, aiohttp client;
 - the verifier in-process, no transport at all: its own cost per critique; and judged on the
-  service's event loop (`reward.judge_workers=0`), without the judge worker's pipe round trip;
+  service's event loop (`reward.judge_workers=0`), without the judge worker (one pipe round trip
+  per batch of queued samples, `critique/isolate.py`);
 - vllm backend on the tiny model: dynamic batching (`max_batch_size=32`) vs `max_batch_size=1`.
 Transport share of a verifier critique at saturation = (1 / null critiques/s) / (1 / verifier
 critiques/s) on the stream; the client and the server share the same 2 cores, as in the stack.
@@ -249,7 +250,7 @@ def client_run(make, rounds: int = 1) -> dict:
 
 def loop_verifier(work: Path, samples: list, n: int) -> dict:
     """The verifier judged on the service's event loop (`reward.judge_workers=0`, no worker process):
-    what the transport gives a cheap critic without the judge worker's pipe round trip per item."""
+    what the transport gives a cheap critic without the judge worker's pipe round trip per batch."""
     with RewardProcess(["reward=verifier", "reward.judge_workers=0"], work / "verifier-loop") as rp:
         return {"verifier_loop_stream": client_run(lambda: grpc_stream(rp.address, samples, n, batch_size=1), ROUNDS),
                 "verifier_loop_batched": client_run(lambda: grpc_stream(rp.address, samples, n), ROUNDS)}

@@ -25,6 +25,7 @@ import collections
 import logging
 import math
 import multiprocessing
+import os
 import signal
 import threading
 import time
@@ -163,8 +164,9 @@ class IsolatedBackend:
             self._runs.add(run)
             run.add_done_callback(self._runs.discard)
 
-    def _replace(self, worker: _Worker) -> None:
+    def _replace(self, worker: _Worker, why: str) -> None:
         """Kill `worker` now; start its successor on a thread and make it idle once it is ready."""
+        log.info("replacing judge worker %d: %s", worker.proc.pid, why)
         worker.kill()
         self._workers.remove(worker)
         self.replaced += 1
@@ -197,6 +199,9 @@ class IsolatedBackend:
         fd = worker.conn.fileno()
         loop = asyncio.get_running_loop()
         loop.add_reader(fd, wake.set)
+        # uvloop's add_reader made the pipe non-blocking: a batch over the pipe's buffer would then fail
+        # mid-message. The loop only polls it for readiness; the reads and writes block.
+        os.set_blocking(fd, True)
         for f in futures:
             f.add_done_callback(lambda _: wake.set())
         try:
@@ -204,13 +209,13 @@ class IsolatedBackend:
             while not worker.conn.poll():
                 if all(f.cancelled() for f in futures):  # every caller gave up: stop the work
                     loop.remove_reader(fd)
-                    self._replace(worker)
+                    self._replace(worker, f"the callers of all {len(batch)} items gave up")
                     return
                 index = int(worker.progress[0])
                 left = worker.progress[1] + self.timeout_s - time.monotonic()
                 if left <= 0:
                     loop.remove_reader(fd)
-                    self._replace(worker)
+                    self._replace(worker, f"item {index} of {len(batch)} took over {self.timeout_s:g} s")
                     self._fail_one(batch, index, InvalidRequest(
                         f"judging took over {self.timeout_s:g} s and was stopped: the request is too costly"))
                     return
@@ -228,7 +233,7 @@ class IsolatedBackend:
                 return
             log.error("judge worker %d died (exit code %s) on item %d of a batch of %d", worker.proc.pid,
                       worker.proc.exitcode, index, len(batch))
-            self._replace(worker)
+            self._replace(worker, "it died")
             self._fail_one(batch, index, BackendUnavailable(
                 f"the judge worker died (exit code {worker.proc.exitcode}) while judging this sample; retry"))
             return

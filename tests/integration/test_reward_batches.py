@@ -1,7 +1,10 @@
 """Batched critique frames (`CritiqueBatchStream`) over a real loopback socket: round trip, a bad
 item inside a batch, a batch that does not parse, the per-batch item limit, the message-size limit
 on the client's batches, and mixed old/new peers both ways (a batching client against a service
-that serves only the one-sample RPCs, and one-sample callers against the batching service).
+that serves only the one-sample RPCs, and one-sample callers against the batching service); and
+one hop further, the batch crossing to a judge worker process as one pipe message (under uvloop,
+larger than the pipe's buffer), a sample that crashes or hangs the worker failing alone while its
+batch mates are answered, with old and new clients sharing the workers.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import time
 
 import grpc
 import pytest
+import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
@@ -294,24 +298,28 @@ def sleepy_workers(timeout_s: float = 3.0) -> IsolatedBackend:
     return IsolatedBackend("tests.integration.test_reward_bounded:SleepyBackend", workers=1, timeout_s=timeout_s)
 
 
+@pytest.mark.timeout(120)
 def test_a_batch_crosses_to_the_judge_worker_as_one_message():
+    """Under uvloop (as `ixt serve reward` runs), with a batch four times the pipe's buffer."""
     backend = sleepy_workers()
+    padded = GOOD + " " * 1200
 
     async def main():
         async with serving(backend) as port, grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             call = pb_grpc.RewardModelStub(channel).CritiqueBatchStream(timeout=30)
-            await call.write(pb.CritiqueBatch(requests=[codec.critique_request(sample(f"w{i}", GOOD))
-                                                        for i in range(60)]))
-            got = await collect(call, 60)
+            await call.write(pb.CritiqueBatch(requests=[codec.critique_request(sample(f"w{i}", padded))
+                                                        for i in range(200)]))
+            got = await collect(call, 200)
             await call.done_writing()
             return got
 
-    got = asyncio.run(main())
-    assert sorted(r.sample_id for r in got) == sorted(f"w{i}" for i in range(60))
+    got = uvloop.run(main())
+    assert sorted(r.sample_id for r in got) == sorted(f"w{i}" for i in range(200))
     assert all(not r.HasField("error") and r.label == pb.QUALITY_LABEL_GOOD for r in got)
     assert backend.batches == 1 and backend.replaced == 0
 
 
+@pytest.mark.timeout(120)
 def test_a_poisoned_item_in_a_batch_fails_alone_and_its_batch_mates_are_answered():
     """One item kills the judge worker, another hangs it: each gets its own error (UNAVAILABLE: the
     worker died under it; INVALID_ARGUMENT: too costly) and the 38 others are answered."""
@@ -339,6 +347,7 @@ def test_a_poisoned_item_in_a_batch_fails_alone_and_its_batch_mates_are_answered
     assert backend.replaced == 2 and time.perf_counter() - t0 < 40  # the hang was stopped at ~3 s, not 60
 
 
+@pytest.mark.timeout(120)
 def test_old_and_new_clients_share_the_judge_workers_and_a_poisoned_item_fails_alone():
     """A batching client, a one-sample stream client and a unary caller at once, each with a sample
     that hangs the judge worker: those three fail alone, every other sample of each is answered."""
