@@ -13,8 +13,9 @@ killed or hung a worker is told apart from its batch mates. A critique that take
 `timeout_s` gets its worker killed (the work stops there) and a fresh worker started in the
 background; that item is answered INVALID_ARGUMENT ("too costly"), an item whose worker dies
 under it UNAVAILABLE (retryable), and the rest of its batch is queued again and answered as usual.
-A batch whose callers were all cancelled (or passed their deadlines) has its worker killed too; a
-batch with some callers left runs on (each item is still bounded by `timeout_s`).
+A batch whose callers were all cancelled (or passed their deadlines) has its worker killed too, once
+the item being judged has run `CANCEL_GRACE_S` (a respawn costs seconds; cheap work is left to
+finish); a batch with some callers left runs on (each item is still bounded by `timeout_s`).
 Left out: per-task worker pools, work stealing, keeping a killed worker's warm scorer caches.
 """
 
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 300.0
 """Longest wait for a worker to build its backend (importing reasoning-gym takes seconds)."""
+CANCEL_GRACE_S = 0.5
+"""A batch whose callers all gave up has its worker killed once the item being judged has taken this
+long: a respawn costs seconds, so cheap work is left to finish."""
 MAX_BATCH = 256
 """Most samples sent to a worker in one pipe message (queued samples are split over idle workers)."""
 
@@ -207,12 +211,15 @@ class IsolatedBackend:
         try:
             worker.conn.send([s for s, _ in batch])  # an idle worker is blocked reading: this never waits long
             while not worker.conn.poll():
-                if all(f.cancelled() for f in futures):  # every caller gave up: stop the work
-                    loop.remove_reader(fd)
-                    self._replace(worker, f"the callers of all {len(batch)} items gave up")
-                    return
-                index = int(worker.progress[0])
-                left = worker.progress[1] + self.timeout_s - time.monotonic()
+                index, started = int(worker.progress[0]), worker.progress[1]
+                left = started + self.timeout_s - time.monotonic()
+                if all(f.cancelled() for f in futures):  # every caller gave up: stop costly work
+                    grace_left = started + CANCEL_GRACE_S - time.monotonic()
+                    if grace_left <= 0:
+                        loop.remove_reader(fd)
+                        self._replace(worker, f"the callers of all {len(batch)} items gave up")
+                        return
+                    left = min(left, grace_left)
                 if left <= 0:
                     loop.remove_reader(fd)
                     self._replace(worker, f"item {index} of {len(batch)} took over {self.timeout_s:g} s")
