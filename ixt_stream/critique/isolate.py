@@ -7,7 +7,9 @@ class and runs its `critique` in `workers` spawned processes instead: the event 
 a pipe (read readiness on the loop itself, no thread hop). Concurrent calls are batched: the
 samples queued while the workers were busy (all items of a `CritiqueBatchStream` message, say) go
 to an idle worker as one pipe message and their answers come back as one, so the pipe round trip
-is paid per batch, not per critique. The worker marks in shared memory which item it is judging
+is paid per batch, not per critique (`bench/reward.py`, batched stream, shared 2-core machine:
+1,306 critiques/s with one pipe message per critique, 3,209-5,886/s batched, 1.6-2.2x the HTTP/JSON
+peer in the same runs). The worker marks in shared memory which item it is judging
 and since when; that is how one item is held to `timeout_s` inside a batch and how the item that
 killed or hung a worker is told apart from its batch mates. A critique that takes longer than
 `timeout_s` gets its worker killed (the work stops there) and a fresh worker started in the
