@@ -2,11 +2,14 @@
 
 Each service is a real `ixt serve reward` process; the client (`RewardClient`, uvloop) runs here
 with the same concurrency everywhere (`CONCURRENCY` requests outstanding, closed loop):
-- verifier backend, unary and streaming: the figure;
+- verifier backend, unary, streaming one sample a message (`CritiqueStream`) and batched streaming
+  (`CritiqueBatchStream`, the client's default `batch_size`, with a sweep of batch sizes): the figure;
 - null backend, same RPCs: pure transport + service overhead (no judging);
 - the same verifier behind a plain HTTP/JSON server (aiohttp + a thread pool running the verifier:
   the OpenRLHF / slime remote-RM pattern), `python -m bench.reward --http PORT`, aiohttp client;
-- the verifier in-process, no transport at all: its own cost per critique;
+- the verifier in-process, no transport at all: its own cost per critique; and judged on the
+  service's event loop (`reward.judge_workers=0`), without the judge worker (one pipe round trip
+  per batch of queued samples, `critique/isolate.py`);
 - vllm backend on the tiny model: dynamic batching (`max_batch_size=32`) vs `max_batch_size=1`.
 Transport share of a verifier critique at saturation = (1 / null critiques/s) / (1 / verifier
 critiques/s) on the stream; the client and the server share the same 2 cores, as in the stack.
@@ -24,9 +27,13 @@ from pathlib import Path
 
 from bench.common import ROOT, RewardProcess, free_port, rss_bytes, session_pids, workdir
 from bench.report import Result, Row
+from ixt_stream.config import RewardClientConfig
 
 CONCURRENCY = 64
 ROUNDS = 3
+BATCHED = RewardClientConfig.batch_size
+"""The client's default batch size: what the batched rows measure."""
+BATCH_SWEEP = (4, 16, 64)
 
 
 def make_samples(n: int) -> list:
@@ -84,7 +91,11 @@ async def grpc_unary(address: str, samples: list, n: int, concurrency: int = CON
         return summarise(lat, time.perf_counter() - t0)
 
 
-async def grpc_stream(address: str, samples: list, n: int, concurrency: int = CONCURRENCY) -> dict:
+async def grpc_stream(address: str, samples: list, n: int, concurrency: int = CONCURRENCY,
+                      batch_size: int = BATCHED, allow_errors: bool = False) -> dict:
+    """`batch_size` samples at most per stream message; 1 = CritiqueStream, one per message.
+    `allow_errors`: a critique that fails for good is counted (`failed`) instead of ending the run
+    (a random tiny model's greedy reply can be empty for a sample, every retry alike)."""
     from ixt_stream.critique.client import RewardClient
 
     lat: list[float] = []
@@ -100,17 +111,20 @@ async def grpc_stream(address: str, samples: list, n: int, concurrency: int = CO
             sent[s.sample_id] = time.perf_counter()
             yield s
 
-    async with RewardClient(address, max_in_flight=2 * concurrency) as client:
+    async with RewardClient(address, max_in_flight=2 * concurrency, batch_size=batch_size) as client:
         await client.wait_ready()
         async for _ in client.stream(source(concurrency, "w")):  # warm-up
             gate.release()
+        failed = 0
         t0 = time.perf_counter()
         async for r in client.stream(source(n, "m")):
             lat.append(time.perf_counter() - sent.pop(r.sample.sample_id))
             gate.release()
             if r.error is not None:
-                raise RuntimeError(f"critique failed: {r.error}")
-        return summarise(lat, time.perf_counter() - t0)
+                if not allow_errors:
+                    raise RuntimeError(f"critique failed: {r.error}")
+                failed += 1
+        return {**summarise(lat, time.perf_counter() - t0), "failed": failed}
 
 
 # -- the HTTP/JSON peer ------------------------------------------------------------------------
@@ -234,6 +248,27 @@ def client_run(make, rounds: int = 1) -> dict:
 # -- the run -----------------------------------------------------------------------------------
 
 
+def loop_verifier(work: Path, samples: list, n: int) -> dict:
+    """The verifier judged on the service's event loop (`reward.judge_workers=0`, no worker process):
+    what the transport gives a cheap critic without the judge worker's pipe round trip per batch."""
+    with RewardProcess(["reward=verifier", "reward.judge_workers=0"], work / "verifier-loop") as rp:
+        return {"verifier_loop_stream": client_run(lambda: grpc_stream(rp.address, samples, n, batch_size=1), ROUNDS),
+                "verifier_loop_batched": client_run(lambda: grpc_stream(rp.address, samples, n), ROUNDS)}
+
+
+def http_peer(work: Path, samples: list, n: int) -> dict:
+    """The HTTP/JSON peer's run (its server in a subprocess of its own)."""
+    port = free_port()
+    log = open(work / "http.log", "wb")
+    http = subprocess.Popen([sys.executable, "-m", "bench.reward", "--http", str(port)], cwd=ROOT, stdout=log,
+                            stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        return client_run(lambda: http_client(port, samples, n), ROUNDS)
+    finally:
+        http.terminate()
+        http.wait(30)
+
+
 def run(quick: bool = False) -> Result:
     n = 10_000 if quick else 30_000
     n_vllm = 128 if quick else 256
@@ -245,18 +280,18 @@ def run(quick: bool = False) -> Result:
     for backend, option in (("verifier", "reward=verifier"), ("null", "reward=null_critic")):
         with RewardProcess([option], work / backend) as rp:
             d[f"{backend}_unary"] = client_run(lambda: grpc_unary(rp.address, samples, n), ROUNDS)
-            d[f"{backend}_stream"] = client_run(lambda: grpc_stream(rp.address, samples, n), ROUNDS)
-            d[f"{backend}_stream_cpu"] = cpu_split(lambda: grpc_stream(rp.address, samples, n), rp.pids)
+            d[f"{backend}_stream"] = client_run(lambda: grpc_stream(rp.address, samples, n, batch_size=1), ROUNDS)
+            d[f"{backend}_stream_cpu"] = cpu_split(lambda: grpc_stream(rp.address, samples, n, batch_size=1),
+                                                   rp.pids)
+            d[f"{backend}_batched"] = client_run(lambda: grpc_stream(rp.address, samples, n), ROUNDS)
+            d[f"{backend}_batched_cpu"] = cpu_split(lambda: grpc_stream(rp.address, samples, n), rp.pids)
+            if backend == "verifier":
+                d["verifier_batch_sweep"] = {
+                    str(bs): client_run(lambda bs=bs: grpc_stream(rp.address, samples, n, batch_size=bs))
+                    for bs in BATCH_SWEEP}
             d[f"{backend}_server_rss_mb"] = sum(rss_bytes(p) for p in session_pids(rp.proc.pid)) / 2**20
-    port = free_port()
-    log = open(work / "http.log", "wb")
-    http = subprocess.Popen([sys.executable, "-m", "bench.reward", "--http", str(port)], cwd=ROOT, stdout=log,
-                            stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        d["http_verifier"] = client_run(lambda: http_client(port, samples, n), ROUNDS)
-    finally:
-        http.terminate()
-        http.wait(30)
+    d |= loop_verifier(work, samples, n)
+    d["http_verifier"] = http_peer(work, samples, n)
     d["loadavg"]["after_transport"] = os.getloadavg()
 
     vllm = {}
@@ -264,19 +299,31 @@ def run(quick: bool = False) -> Result:
         over = ["reward.backend=vllm", "reward.llm.model=tiny", f"reward.llm.max_batch_size={mbs}",
                 "reward.llm.sampling.max_new_tokens=48", "reward.llm.max_model_len=1024", "model=tiny"]
         with RewardProcess(over, work / f"vllm-{mbs}", ready_timeout_s=600) as rp:
-            vllm[mbs] = client_run(lambda: grpc_stream(rp.address, samples, n_vllm, concurrency=32))
+            vllm[mbs] = client_run(lambda: grpc_stream(rp.address, samples, n_vllm, concurrency=32, allow_errors=True))
     d["vllm_tiny"] = {str(k): v for k, v in vllm.items()}
     d["loadavg"]["after"] = os.getloadavg()
 
     v_s, nul_s, http_s = d["verifier_stream"], d["null_stream"], d["http_verifier"]
+    v_b, nul_b = d["verifier_batched"], d["null_batched"]
     v_u = d["verifier_unary"]
     share = v_s["per_s"] / nul_s["per_s"]
     d["transport_share_stream"] = share
+    d["transport_share_batched"] = share_b = v_b["per_s"] / nul_b["per_s"]
     d["transport_share_vs_in_process"] = 1 - v_s["per_s"] / d["in_process_verifier"]["per_s"]
     r = Result("reward", quick=quick, details=d)
     r.rows += [
         Row("verifier, streaming RPC: critiques/s", v_s["per_s"], http_s["per_s"], "HTTP/JSON + thread pool",
             "critiques/s"),
+        Row(f"verifier, batched streaming RPC ({BATCHED}/msg): critiques/s", v_b["per_s"], http_s["per_s"],
+            "HTTP/JSON + thread pool", "critiques/s", True, ">= 1x", v_b["per_s"] >= http_s["per_s"]),
+        Row(f"verifier judged on the event loop, batched streaming RPC ({BATCHED}/msg): critiques/s",
+            d["verifier_loop_batched"]["per_s"], http_s["per_s"], "HTTP/JSON + thread pool", "critiques/s"),
+        Row("verifier judged on the event loop, streaming RPC (1/msg): critiques/s",
+            d["verifier_loop_stream"]["per_s"], http_s["per_s"], "HTTP/JSON + thread pool", "critiques/s"),
+        Row(f"verifier, batched streaming RPC ({BATCHED}/msg) vs one sample a message: critiques/s", v_b["per_s"],
+            v_s["per_s"], "CritiqueStream, 1/msg", "critiques/s"),
+        Row(f"verifier, batched streaming RPC ({BATCHED}/msg): p99 latency", v_b["p99_ms"], http_s["p99_ms"],
+            "HTTP/JSON + thread pool", "ms", False),
         Row("verifier, unary RPC: critiques/s", v_u["per_s"], http_s["per_s"], "HTTP/JSON + thread pool",
             "critiques/s"),
         Row("verifier, streaming RPC: p50 latency", v_s["p50_ms"], http_s["p50_ms"], "HTTP/JSON + thread pool", "ms",
@@ -287,8 +334,12 @@ def run(quick: bool = False) -> Result:
             False),
         Row("transport per critique (null) vs verifier critique, stream, saturated", 1e3 / nul_s["per_s"],
             1e3 / v_s["per_s"], "verifier critique served", "ms", False, "<= 5%", share <= 0.05),
+        Row("transport per critique (null) vs verifier critique, batched stream, saturated", 1e3 / nul_b["per_s"],
+            1e3 / v_b["per_s"], "verifier critique served", "ms", False, "<= 5%", share_b <= 0.05),
         Row("null backend, streaming RPC: critiques/s", nul_s["per_s"], 5000.0, "goal", "critiques/s", True,
             ">= 5k/s", nul_s["per_s"] >= 5000),
+        Row(f"null backend, batched streaming RPC ({BATCHED}/msg): critiques/s", nul_b["per_s"], nul_s["per_s"],
+            "CritiqueStream, 1/msg", "critiques/s"),
         Row("vllm critic (tiny): dynamic batching vs max_batch_size=1", vllm[32]["per_s"], vllm[1]["per_s"],
             "max_batch_size=1", "critiques/s", True, ">= 4x", vllm[32]["per_s"] >= 4 * vllm[1]["per_s"]),
     ]

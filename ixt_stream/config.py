@@ -184,6 +184,9 @@ class RewardConfig:
     """Largest accepted response/document field; larger requests get INVALID_ARGUMENT."""
     max_concurrent_requests: int = 256
     """In-flight critiques the server accepts before answering RESOURCE_EXHAUSTED."""
+    max_batch_items: int = 1024
+    """Most items in one CritiqueBatchStream message; every item of a larger batch is answered
+    INVALID_ARGUMENT. Also the most answers the service packs into one reply message."""
     auth_token_file: str = ""
     """If set, calls must carry `authorization: Bearer <token>`; token read from this file."""
     tls_cert_file: str = ""
@@ -216,6 +219,10 @@ class RewardClientConfig:
     """PEM root certificate of the server; set = connect with TLS."""
     ready_timeout_s: float = 300.0
     """How long to wait for the service's health check to say SERVING (an LLM critic loads first)."""
+    batch_size: int = 64
+    """Most samples per stream message (`CritiqueBatchStream`): gRPC's cost per message is paid once
+    per batch. A message carries what is ready (none wait for a batch to fill). 1 = one sample per
+    message (`CritiqueStream`); a service without the batch RPC gets that automatically."""
 
 
 @dataclass

@@ -1,15 +1,19 @@
 """The async client of the reward service: `Sample` in, `Critique` out.
 
 Two paths. `critique(sample)` is one unary call with a deadline. `stream(samples)` pipelines any
-number of samples over one `CritiqueStream` (several times the unary throughput) and yields a
-`Result` per sample as answers arrive (not in input order). Both keep at most `max_in_flight`
-samples outstanding, and both retry with exponential backoff (plus jitter) on UNAVAILABLE,
-DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED, never on INVALID_ARGUMENT. On the stream, a dropped
-connection or `timeout_s` without any answer resends what was in flight on a new stream; an item
-that fails for good becomes a `Result` with `error` set, and only a service that stays down
-through every retry ends the iteration with `CritiqueError`. An exception raised by the caller's
-sample source ends the iteration with that same exception (after the answers that came before
-it), so a broken input never leaves the caller waiting; a sample that cannot even be encoded
+number of samples over one `CritiqueBatchStream` and yields a `Result` per sample as answers
+arrive (not in input order). Each message carries whatever is ready to send, up to `batch_size`
+samples (gRPC's cost per message, not the critic, bounds a fast critic's rate). Each stream first
+asks whether the service serves the batch RPC; one that does not (a plugged-in reward model built
+before it: UNIMPLEMENTED) gets the samples one per message over `CritiqueStream`, as does every
+stream with `batch_size=1`.
+Both keep at most `max_in_flight` samples outstanding, and both retry with exponential backoff (plus
+jitter) on UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED, never on INVALID_ARGUMENT. On the
+stream, a dropped connection or `timeout_s` without any answer resends what was in flight on a new
+stream; an item that fails for good becomes a `Result` with `error` set, and only a service that
+stays down through every retry ends the iteration with `CritiqueError`. An exception raised by the
+caller's sample source ends the iteration with that same exception (after the answers that came
+before it), so a broken input never leaves the caller waiting; a sample that cannot even be encoded
 becomes a `Result` with an INVALID_ARGUMENT error.
 Left out: hedged requests, client-side load balancing over several services.
 """
@@ -41,6 +45,8 @@ stream failed for good with one of them waits for the service and opens a new st
 RETRYABLE_NAMES = frozenset(code.name for code in RETRYABLE)
 SERVICE = pb.DESCRIPTOR.services_by_name["RewardModel"].full_name
 MAX_RECONNECT_BACKOFF_MS = 2000
+BATCH_FRAMING_BYTES = 16
+"""Room left per item for protobuf framing when batches are sized against the message limit."""
 
 
 class CritiqueError(RuntimeError):
@@ -81,12 +87,18 @@ class RewardClient:
         backoff_s: first retry delay; doubles every retry (x0.5-1.5 jitter).
         auth_token: bearer token, if the service wants one.
         tls_ca: PEM root certificate; set = TLS.
+        batch_size: most samples per stream message (CritiqueBatchStream); 1 = CritiqueStream.
     """
 
     def __init__(self, address: str, *, max_in_flight: int = 64, timeout_s: float = 60.0, retries: int = 5,
                  backoff_s: float = 0.2, auth_token: str = "", tls_ca: bytes | None = None,
-                 max_message_bytes: int = 4 << 20):
+                 max_message_bytes: int = 4 << 20, batch_size: int = 64):
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
         self.address = address
+        self.batch_size = batch_size
+        self.batches_served = True
+        """Whether the service serves CritiqueBatchStream, as last asked (`_serves_batches`)."""
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
@@ -110,7 +122,8 @@ class RewardClient:
     @classmethod
     def from_config(cls, cfg: RewardClientConfig) -> RewardClient:
         return cls(cfg.address, max_in_flight=cfg.max_in_flight, timeout_s=cfg.timeout_s, retries=cfg.retries,
-                   backoff_s=cfg.backoff_s, auth_token=read_secret(cfg.auth_token_file, "client.auth_token_file"),
+                   backoff_s=cfg.backoff_s, batch_size=cfg.batch_size,
+                   auth_token=read_secret(cfg.auth_token_file, "client.auth_token_file"),
                    tls_ca=read_file(cfg.tls_ca_file, "client.tls_ca_file") if cfg.tls_ca_file else None)
 
     async def __aenter__(self) -> RewardClient:
@@ -145,6 +158,25 @@ class RewardClient:
     async def describe(self) -> ModelCard:
         return codec.card_from_pb(await self._stub.Describe(pb.DescribeRequest(), timeout=self.timeout_s,
                                                       metadata=self._metadata))
+
+    async def _serves_batches(self) -> None:
+        """Ask whether the service serves CritiqueBatchStream: a call half-closed before any write ends
+        OK on one that does and UNIMPLEMENTED on one that does not (a plugged-in or older reward
+        model). Asked this way, not by the first batch: grpc-python can report a write that races an
+        UNIMPLEMENTED answer as INTERNAL (grpc/grpc#36066). Any other outcome (the service is down)
+        leaves the answer as it was; the stream itself then meets the failure and retries."""
+        call = self._stub.CritiqueBatchStream(metadata=self._metadata, timeout=self.timeout_s)
+        try:
+            await call.done_writing()
+        except Exception:  # the call already ended (the status below says how); never raises there
+            pass
+        code = await call.code()
+        if code in (grpc.StatusCode.OK, grpc.StatusCode.UNIMPLEMENTED):
+            served = code == grpc.StatusCode.OK
+            if not served and self.batches_served:
+                log.info("%s does not serve CritiqueBatchStream: one sample a message (CritiqueStream)",
+                         self.address)
+            self.batches_served = served
 
     async def critique(self, sample: Sample) -> Critique:
         """One critique (unary call, retried). Raises CritiqueError when it fails for good."""
@@ -259,31 +291,85 @@ class _StreamRun:
             for task in [feeder, *tasks]:
                 task.cancel()
 
+    def _take(self, resp: pb.CritiqueResponse, sent: dict[str, tuple[Sample, int]], tasks: set) -> None:
+        """One answer off the stream: finish its sample, or settle its error (retry or give up)."""
+        sample, attempt = sent.pop(resp.sample_id, (None, 0))
+        if sample is None:
+            log.warning("answer for unknown sample_id %r ignored", resp.sample_id)
+        elif resp.HasField("error"):
+            self._settle(sample, attempt, resp.error.code, resp.error.message, tasks)
+        else:
+            try:
+                self._finish(Result(sample, critique=codec.critique_from_pb(resp)))
+            except ValueError as e:
+                self._finish(Result(sample, error=CritiqueError("INVALID_RESPONSE", str(e))))
+
+    def _request(self, item: tuple[Sample, int], sent: dict[str, tuple[Sample, int]]) -> pb.CritiqueRequest | None:
+        """The request for a ready item, now counted as sent; None when it was answered with an error
+        instead (a duplicate id in flight, a sample that cannot be encoded or would exceed the
+        message limit: sent, it would break the whole stream)."""
+        sample = item[0]
+        why = ""
+        if sample.sample_id in sent:
+            why = "duplicate sample_id in flight"
+        else:
+            try:
+                request = codec.critique_request(sample)
+            except (TypeError, ValueError) as e:  # e.g. a field that is not a string
+                why = f"unencodable sample: {e}"
+            else:
+                if request.ByteSize() > self.c.max_message_bytes - BATCH_FRAMING_BYTES:
+                    why = f"request of {request.ByteSize()} bytes exceeds the message limit"
+        if why:
+            self._finish(Result(sample, error=CritiqueError("INVALID_ARGUMENT", why)))
+            return None
+        sent[sample.sample_id] = item
+        return request
+
     async def _session(self, sent: dict[str, tuple[Sample, int]], tasks: set) -> bool:
-        """One CritiqueStream call; True when everything is answered and the stream closed cleanly."""
-        call = self.c._stub.CritiqueStream(metadata=self.c._metadata)
+        """One stream call (CritiqueBatchStream, or CritiqueStream when batches are off or not served);
+        True when everything is answered and the stream closed cleanly."""
+        if self.c.batch_size > 1:
+            await self.c._serves_batches()
+        batched = self.c.batch_size > 1 and self.c.batches_served
+        rpc = self.c._stub.CritiqueBatchStream if batched else self.c._stub.CritiqueStream
+        call = rpc(metadata=self.c._metadata)
         loop = asyncio.get_running_loop()
         last_answer = loop.time()
         self._progress = False
 
+        most = self.c.batch_size if batched else 1
+
+        async def write(batch: list[pb.CritiqueRequest]) -> None:
+            await call.write(pb.CritiqueBatch(requests=batch) if batched else batch[0])
+
         async def send() -> None:
-            while (item := await self.ready.get()) is not None:
-                sample, attempt = item
-                if sample.sample_id in sent:
-                    self._finish(Result(sample, error=CritiqueError("INVALID_ARGUMENT",
-                                                                    "duplicate sample_id in flight")))
-                    continue
-                try:
-                    request = codec.critique_request(sample)
-                except (TypeError, ValueError) as e:  # e.g. a field that is not a string
-                    self._finish(Result(sample, error=CritiqueError("INVALID_ARGUMENT", f"unencodable sample: {e}")))
-                    continue
-                if request.ByteSize() > self.c.max_message_bytes:  # would break the whole stream
-                    self._finish(Result(sample, error=CritiqueError(
-                        "INVALID_ARGUMENT", f"request of {request.ByteSize()} bytes exceeds the message limit")))
-                    continue
-                sent[sample.sample_id] = item
-                await call.write(request)
+            """Whatever is ready goes out now, `most` items a message at most and within the message
+            limit: nothing waits for a batch to fill, so a lone sample is not held back."""
+            batch: list[pb.CritiqueRequest] = []
+            size, end = 0, False
+            while not end:
+                item = await self.ready.get()
+                while True:
+                    if item is None:
+                        end = True
+                        break
+                    if (request := self._request(item, sent)) is not None:
+                        n = request.ByteSize() + BATCH_FRAMING_BYTES
+                        if batch and size + n > self.c.max_message_bytes:
+                            await write(batch)
+                            batch, size = [], 0
+                        batch.append(request)
+                        size += n
+                        if len(batch) >= most:
+                            await write(batch)
+                            batch, size = [], 0
+                    if self.ready.empty():
+                        break
+                    item = self.ready.get_nowait()
+                if batch:
+                    await write(batch)
+                    batch, size = [], 0
             await call.done_writing()
 
         async def watchdog() -> None:
@@ -294,22 +380,23 @@ class _StreamRun:
 
         sender, dog = asyncio.create_task(send()), asyncio.create_task(watchdog())
         try:
-            async for resp in call:
+            async for msg in call:
                 last_answer = loop.time()
                 self._progress = True
-                sample, attempt = sent.pop(resp.sample_id, (None, 0))
-                if sample is None:
-                    log.warning("answer for unknown sample_id %r ignored", resp.sample_id)
-                elif resp.HasField("error"):
-                    self._settle(sample, attempt, resp.error.code, resp.error.message, tasks)
-                else:
-                    try:
-                        self._finish(Result(sample, critique=codec.critique_from_pb(resp)))
-                    except ValueError as e:
-                        self._finish(Result(sample, error=CritiqueError("INVALID_RESPONSE", str(e))))
+                if not batched:
+                    self._take(msg, sent, tasks)
+                    continue
+                if msg.HasField("error"):  # a batch the service could not parse: resend what is in flight
+                    raise _Broken("UNAVAILABLE", f"a batch was rejected whole: {msg.error.code}: {msg.error.message}")
+                for resp in msg.responses:
+                    self._take(resp, sent, tasks)
             if sender.done() and not sender.cancelled() and sender.exception() is None and not sent:
                 return True
             raise _Broken("UNAVAILABLE", "stream ended before every sample was answered")
+        except grpc.aio.AioRpcError as e:
+            if batched and e.code() == grpc.StatusCode.UNIMPLEMENTED:  # swapped for an older service since asked
+                raise _Broken("UNAVAILABLE", "CritiqueBatchStream is no longer served") from e
+            raise
         except asyncio.CancelledError:
             if dog.done():  # our watchdog cancelled a stalled stream: retry, do not give up
                 raise _Broken("DEADLINE_EXCEEDED", f"no answer within {self.c.timeout_s} s") from None

@@ -13,7 +13,10 @@ INTERNAL, transient ones UNAVAILABLE; JSON in metadata['entry'] nested deeper th
 (`isolate.py`), so one costly request cannot stall the event loop or the health check. Health
 (`grpc.health.v1`) says SERVING once the server runs, which is after the backend was built;
 server reflection is on (grpcurl can list and call it). Optional bearer-token auth and TLS live in
-`security.py`.
+`security.py`. `CritiqueBatchStream` is `CritiqueStream` with many items per message both ways (the
+same judging, window and per-item errors; gRPC's per-message cost paid once per batch); a batch of
+more than `max_batch_items` has every item answered INVALID_ARGUMENT, and a batch that does not
+parse is answered with a batch-level `error`, the stream going on in both cases.
 `main` is the reward role's entry point (`ixt serve reward`).
 Left out: per-caller quotas, request priorities, a queue in front of the backend.
 """
@@ -53,6 +56,8 @@ ANSWERED = Counter("ixt_reward_answered", "Critique items answered, by rpc and s
 LATENCY = Histogram("ixt_reward_latency_seconds", "Backend time per critique item",
                     buckets=(0.001, 0.005, 0.02, 0.1, 0.5, 2, 10, 60))
 IN_FLIGHT = Gauge("ixt_reward_in_flight", "Critique items being judged")
+BATCH_ITEMS = Histogram("ixt_reward_batch_items", "Items per CritiqueBatchStream request message",
+                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024))
 
 
 class Fail(Exception):
@@ -94,6 +99,9 @@ def _method_handlers(servicer: RewardServicer) -> dict[str, grpc.RpcMethodHandle
         "CritiqueStream": grpc.stream_stream_rpc_method_handler(
             servicer.CritiqueStream, request_deserializer=_lenient(pb.CritiqueRequest),
             response_serializer=pb.CritiqueResponse.SerializeToString),
+        "CritiqueBatchStream": grpc.stream_stream_rpc_method_handler(
+            servicer.CritiqueBatchStream, request_deserializer=_lenient(pb.CritiqueBatch),
+            response_serializer=pb.CritiqueBatchResult.SerializeToString),
         "Describe": grpc.unary_unary_rpc_method_handler(
             servicer.Describe, request_deserializer=_lenient(pb.DescribeRequest),
             response_serializer=pb.ModelCard.SerializeToString),
@@ -157,11 +165,20 @@ def to_sample(req: pb.CritiqueRequest | Undecodable, max_field_bytes: int) -> Sa
                   finish_reason="length" if req.truncated else "")
 
 
+def item_error(sample_id: str, fail: Fail) -> pb.CritiqueResponse:
+    """A stream's answer for an item that failed."""
+    return pb.CritiqueResponse(sample_id=sample_id, error=pb.Error(code=fail.code.name, message=fail.message))
+
+
 class RewardServicer(pb_grpc.RewardModelServicer):
-    def __init__(self, backend: Backend, max_response_bytes: int, max_concurrent_requests: int):
+    def __init__(self, backend: Backend, max_response_bytes: int, max_concurrent_requests: int,
+                 max_batch_items: int = 1024, max_message_bytes: int = 4 << 20):
         self.backend = backend
         self.max_response_bytes = max_response_bytes
         self.max_concurrent = max_concurrent_requests
+        self.max_batch_items = max_batch_items
+        self.max_out_bytes = max_message_bytes // 2
+        """Answer batches stay under half the message limit (protobuf framing, one oversized item)."""
         self.in_flight = 0
         self.answered = 0
         self.failed = 0
@@ -226,47 +243,94 @@ class RewardServicer(pb_grpc.RewardModelServicer):
         ANSWERED.labels("Critique", "OK").inc()
         return resp
 
-    async def CritiqueStream(self, request_iterator, context):
-        """Items are judged concurrently; answers go back as they finish (match by sample_id).
+    async def _pipeline(self, request_iterator, rpc: str, unpack, most_out: int):
+        """The streams' core: each message read is unpacked into items, judged concurrently; yields
+        lists of finished answers (up to `most_out` items and the message limit), as they finish.
 
-        At most `max_concurrent_requests` items of one stream are read and not yet answered back:
-        a caller that stops reading answers is pushed back by HTTP/2 flow control instead of
-        having the server read on and buffer answers without bound."""
-        out: asyncio.Queue[pb.CritiqueResponse | None] = asyncio.Queue()
+        `unpack(message)` gives the message's items: requests to judge, or answers (a
+        CritiqueResponse with `error`, a pb.Error for a whole message) already decided. At most
+        `max_concurrent_requests` items of one stream are read and not yet answered back: a caller
+        that stops reading answers is pushed back by HTTP/2 flow control instead of having the
+        server read on and buffer answers without bound."""
+        out: asyncio.Queue[pb.CritiqueResponse | pb.Error | None] = asyncio.Queue()
         tasks: set[asyncio.Task] = set()
         window = asyncio.Semaphore(self.max_concurrent)
 
         async def answer(req: pb.CritiqueRequest) -> None:
             try:
                 resp = await self._answer(req)
-                ANSWERED.labels("CritiqueStream", "OK").inc()
+                ANSWERED.labels(rpc, "OK").inc()
             except Fail as f:
                 self.failed += 1
-                ANSWERED.labels("CritiqueStream", f.code.name).inc()
-                resp = pb.CritiqueResponse(sample_id=req.sample_id, error=pb.Error(code=f.code.name,
-                                                                                   message=f.message))
+                ANSWERED.labels(rpc, f.code.name).inc()
+                resp = item_error(req.sample_id, f)
             out.put_nowait(resp)
 
         async def read() -> None:
             try:
-                async for req in request_iterator:
-                    await window.acquire()
-                    task = asyncio.create_task(answer(req))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
+                async for message in request_iterator:
+                    for item in unpack(message):
+                        await window.acquire()
+                        if isinstance(item, pb.CritiqueRequest | Undecodable):
+                            task = asyncio.create_task(answer(item))
+                            tasks.add(task)
+                            task.add_done_callback(tasks.discard)
+                        else:
+                            out.put_nowait(item)
                 await asyncio.gather(*tasks)
             finally:
                 out.put_nowait(None)
 
         reader = asyncio.create_task(read())
+        held: list = []  # an answer taken off the queue that did not fit the last message
         try:
-            while (resp := await out.get()) is not None:
-                yield resp
-                window.release()
+            while (first := held.pop() if held else await out.get()) is not None:
+                answers, size = [first], first.ByteSize()
+                while not isinstance(first, pb.Error) and len(answers) < most_out and not out.empty():
+                    nxt = out.get_nowait()
+                    if nxt is None or isinstance(nxt, pb.Error) or size + nxt.ByteSize() > self.max_out_bytes:
+                        held.append(nxt)
+                        break
+                    answers.append(nxt)
+                    size += nxt.ByteSize()
+                yield answers
+                for _ in answers:
+                    window.release()
             await reader
         finally:
             for task in [reader, *tasks]:
                 task.cancel()
+
+    async def CritiqueStream(self, request_iterator, context):
+        """Items are judged concurrently; answers go back one per message as they finish (match by
+        sample_id)."""
+        async for answers in self._pipeline(request_iterator, "CritiqueStream", lambda req: [req], 1):
+            yield answers[0]
+
+    def _unbatch(self, batch) -> list:
+        """A batch's items; each item of a batch over `max_batch_items` answered INVALID_ARGUMENT."""
+        if isinstance(batch, Undecodable):
+            self.failed += 1
+            ANSWERED.labels("CritiqueBatchStream", "INVALID_ARGUMENT").inc()
+            return [pb.Error(code="INVALID_ARGUMENT", message=f"the batch is not a valid "
+                             f"{pb.CritiqueBatch.DESCRIPTOR.full_name}: {batch.error}")]
+        if len(batch.requests) > self.max_batch_items:
+            fail = Fail(grpc.StatusCode.INVALID_ARGUMENT, f"a batch of {len(batch.requests)} items, more than "
+                        f"the {self.max_batch_items} accepted: send smaller batches")
+            self.failed += len(batch.requests)
+            ANSWERED.labels("CritiqueBatchStream", "INVALID_ARGUMENT").inc(len(batch.requests))
+            return [item_error(req.sample_id, fail) for req in batch.requests]
+        BATCH_ITEMS.observe(len(batch.requests))
+        return list(batch.requests)
+
+    async def CritiqueBatchStream(self, request_iterator, context):
+        """CritiqueStream with batches both ways: an answer batch holds whatever finished meanwhile."""
+        async for answers in self._pipeline(request_iterator, "CritiqueBatchStream", self._unbatch,
+                                            self.max_batch_items):
+            if isinstance(answers[0], pb.Error):
+                yield pb.CritiqueBatchResult(error=answers[0])
+            else:
+                yield pb.CritiqueBatchResult(responses=answers)
 
     async def Describe(self, request, context):
         if isinstance(request, Undecodable):
@@ -286,13 +350,14 @@ class RewardServer:
 
     def __init__(self, backend: Backend, host: str = "127.0.0.1", port: int = 0, *,
                  max_message_bytes: int = 4 << 20, max_response_bytes: int = 64 << 10,
-                 max_concurrent_requests: int = 256, auth_token: str = "", tls_cert: bytes | None = None,
-                 tls_key: bytes | None = None, grace_s: float = 5.0):
+                 max_concurrent_requests: int = 256, max_batch_items: int = 1024, auth_token: str = "",
+                 tls_cert: bytes | None = None, tls_key: bytes | None = None, grace_s: float = 5.0):
         check_exposure(host, auth_token)
         self.backend = backend
         self.host, self.port = host, port
         self.grace_s = grace_s
-        self.servicer = RewardServicer(backend, max_response_bytes, max_concurrent_requests)
+        self.servicer = RewardServicer(backend, max_response_bytes, max_concurrent_requests, max_batch_items,
+                                       max_message_bytes)
         self.health = health.aio.HealthServicer()
         self._credentials = server_credentials(tls_cert, tls_key)
         self._interceptors = [BearerAuth(auth_token)] if auth_token else None
@@ -362,6 +427,7 @@ async def serve(backend: Backend, cfg: RewardConfig, status: Callable[[dict], No
         server = RewardServer(
             backend, cfg.host, cfg.port, max_message_bytes=cfg.max_message_bytes,
             max_response_bytes=cfg.max_response_bytes, max_concurrent_requests=cfg.max_concurrent_requests,
+            max_batch_items=cfg.max_batch_items,
             auth_token=read_secret(cfg.auth_token_file, "reward.auth_token_file"), grace_s=cfg.grace_s,
             tls_cert=read_file(cfg.tls_cert_file, "reward.tls_cert_file") if cfg.tls_cert_file else None,
             tls_key=read_file(cfg.tls_key_file, "reward.tls_key_file") if cfg.tls_key_file else None,

@@ -1,6 +1,7 @@
 """The orchestrator role (critique stage, `ixt serve orchestrator`): Sample -> critique -> ConditionedSample.
 
-    PULL Sample (generators) -> CritiqueStream (reward service, bounded in flight)
+    PULL Sample (generators) -> CritiqueBatchStream (reward service, bounded in flight; CritiqueStream
+        for a service without batches)
         -> hindsight relabelling: the prompt's positive prefix is *replaced* by the fresh critique
            of what was actually generated (FCP-style) -> PUSH ConditionedSample (learner)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 
 import grpc
@@ -35,7 +36,8 @@ def sample(sid: str, entry: str = "{}", response: str = "3 + 4 = 7.\n<answer>7</
 
 
 class SleepyBackend:
-    """Judges "sleep" responses for a minute (a stand-in for any runaway CPU work)."""
+    """Judges "sleep" responses for a minute (a stand-in for any runaway CPU work); "crash" ends its
+    process (a scorer that segfaults)."""
 
     def card(self) -> ModelCard:
         return ModelCard(name="sleepy", backend="sleepy")
@@ -43,6 +45,8 @@ class SleepyBackend:
     async def critique(self, s: Sample) -> Critique:
         if s.response == "sleep":
             time.sleep(60)
+        if s.response == "crash":
+            os._exit(3)
         if s.response == "recurse":
             raise RecursionError("maximum recursion depth exceeded")
         return Critique(s.sample_id, "Fine.", 1.0, Label.GOOD)
