@@ -268,9 +268,10 @@ class LearnerConfig:
     saved: save_every=0) refuses to start; true = start from the initial weights instead (the samples
     trained before are ledgered dropped, rolled_back; weight versions continue, never go back)."""
     num_gpus: int = 1
-    """Learner ranks, one GPU each; > 1 = `ixt up` starts the learner under the deepspeed launcher."""
+    """Learner ranks, one GPU each (gloo processes on a CPU); > 1 = `ixt up` starts the learner under
+    torchrun, data-parallel under DeepSpeed (ZeRO-`zero_stage` shards across them)."""
     master_port: int = 29500
-    """The deepspeed launcher's rendezvous port (learner.num_gpus > 1)."""
+    """The ranks' rendezvous port (learner.num_gpus > 1)."""
 
 
 @dataclass

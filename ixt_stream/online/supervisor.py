@@ -14,8 +14,9 @@ are already alive, so re-running it restarts only the dead ones. Each service ge
 OMP_NUM_THREADS from its role's `threads` setting (1 elsewhere): on two cores co-located processes
 thrash otherwise. On a GPU node `run.gpus` gives each service its CUDA_VISIBLE_DEVICES (generator
 i its own `tensor_parallel_size` slice of the generators' list), and a learner with
-`learner.num_gpus > 1` starts under the deepspeed launcher, one rank per GPU (DS_ACCELERATOR=cuda
-overrides the Makefile's CPU default for it). Left out: automatic restarts, remote hosts (start
+`learner.num_gpus > 1` starts under torchrun, one rank per GPU (DS_ACCELERATOR=cuda overrides the
+Makefile's CPU default for it where `run.gpus` gives a GPU layout; without one, N gloo ranks on the
+CPU). Left out: automatic restarts, remote hosts (start
 each node's roles there with `run.roles`, see README "GPU nodes"), and log rotation.
 """
 
@@ -59,6 +60,16 @@ def _gpus(cfg: IxtConfig, role: str, start: int = 0, count: int | None = None, n
     return {"CUDA_VISIBLE_DEVICES": ",".join(map(str, ids[start:end]))}
 
 
+def learner_ranks(ranks: int, master_port: int, nodes: int = 1, node_rank: int = 0,
+                  master_addr: str = "127.0.0.1") -> list[str]:
+    """torchrun's command line for `ranks` learner ranks over `nodes` nodes (this one `node_rank`),
+    up to the module name: one rank per GPU (a gloo process on a CPU), and when one rank dies,
+    torchrun stops the others, so the group is restarted whole."""
+    return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--node-rank={node_rank}",
+            f"--nproc-per-node={ranks // nodes}", f"--master-addr={master_addr}", f"--master-port={master_port}",
+            "--max-restarts=0", "-m"]
+
+
 def stack(cfg: IxtConfig, overrides: list[str]) -> list[Service]:
     """The services of the online loop for `cfg`, each forwarded the same `overrides`."""
     for name, roles in (("run.roles", cfg.run.roles), ("run.gpus", cfg.run.gpus)):
@@ -79,11 +90,9 @@ def stack(cfg: IxtConfig, overrides: list[str]) -> list[Service]:
                 out.append(Service(f"generator-{i}", argv, gen.threads, env))
         elif role == "learner":
             argv, env = [*serve, role, *overrides], _gpus(cfg, role, 0, lc.num_gpus, f"learner.num_gpus={lc.num_gpus}")
-            if lc.num_gpus > 1:  # one rank per GPU; ranks read LOCAL_RANK from the env, not --local_rank
-                launcher = [sys.executable, "-m", "deepspeed.launcher.runner", f"--master_port={lc.master_port}",
-                            *([] if env else [f"--num_gpus={lc.num_gpus}"]), "--no_local_rank", "--module"]
-                argv = [*launcher, "ixt_stream.cli", "serve", role, *overrides]
-            if env or lc.num_gpus > 1:
+            if lc.num_gpus > 1:
+                argv = [*learner_ranks(lc.num_gpus, lc.master_port), "ixt_stream.cli", "serve", role, *overrides]
+            if env or (lc.num_gpus > 1 and cfg.run.gpus):  # a GPU layout: ranks on CUDA, not the CPU default
                 env["DS_ACCELERATOR"] = "cuda"
             out.append(Service(role, argv, lc.threads, env))
         else:

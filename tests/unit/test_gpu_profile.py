@@ -48,18 +48,23 @@ def test_tensor_parallel_generators_get_consecutive_slices():
     assert [services[f"generator-{i}"].env["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["2,3", "4,5", "6,7"]
 
 
-def test_a_multi_gpu_learner_runs_under_the_deepspeed_launcher():
+def test_a_multi_gpu_learner_runs_under_torchrun():
     overrides = ["profile=gpu", "learner.num_gpus=4", "run.gpus.learner=[0,1,2,3]", "run.gpus.reward=[4]",
                  "run.gpus.generator=[5,6,7]", "generator.num_generators=3", "learner.master_port=29611"]
     learner = by_name(supervisor.stack(load(overrides), overrides))["learner"]
     assert learner.env == {"CUDA_VISIBLE_DEVICES": "0,1,2,3", "DS_ACCELERATOR": "cuda"}
-    assert learner.argv == [sys.executable, "-m", "deepspeed.launcher.runner", "--master_port=29611",
-                            "--no_local_rank", "--module", "ixt_stream.cli", "serve", "learner", *overrides]
-    # no GPU list: the launcher takes the node's first num_gpus GPUs itself
+    assert learner.argv == [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--node-rank=0",
+                            "--nproc-per-node=4", "--master-addr=127.0.0.1", "--master-port=29611",
+                            "--max-restarts=0", "-m", "ixt_stream.cli", "serve", "learner", *overrides]
+    # no GPU list for the learner, but a GPU layout: the node's first num_gpus GPUs, on CUDA
     overrides = ["profile=gpu", "learner.num_gpus=2", "~run.gpus.learner"]
     learner = by_name(supervisor.stack(load(overrides), overrides))["learner"]
     assert learner.env == {"DS_ACCELERATOR": "cuda"}
-    assert learner.argv[3:7] == ["--master_port=29500", "--num_gpus=2", "--no_local_rank", "--module"]
+    assert learner.argv[5] == "--nproc-per-node=2"
+    # no GPU layout at all (CPU): N gloo ranks, the accelerator left to the environment
+    overrides = ["profile=smoke", "learner.num_gpus=2"]
+    learner = by_name(supervisor.stack(load(overrides), overrides))["learner"]
+    assert learner.env == {} and learner.argv[2] == "torch.distributed.run"
 
 
 @pytest.mark.parametrize("overrides, message", [
