@@ -82,7 +82,8 @@ def _train(tmp_path: Path, ranks: int, conditioned: list) -> tuple[list[dict], P
 def _weights(run_dir: Path) -> dict:
     from safetensors.torch import load_file
 
-    return load_file(str(run_dir / "final" / "model.safetensors"))
+    folder = run_dir / "final" if (run_dir / "final").exists() else run_dir
+    return load_file(str(folder / "model.safetensors"))
 
 
 def test_two_gloo_ranks_train_as_one_and_only_rank_0_touches_the_stream(tmp_path, tiny_model_dir):
@@ -121,3 +122,24 @@ def test_two_gloo_ranks_train_as_one_and_only_rank_0_touches_the_stream(tmp_path
                                  "loss": [round(r["train/loss"], 5) for r in one]},
                       "2-rank": {"wall_s": round(t2 - t1, 1), "step_s": [round(r["train/step_s"], 3) for r in two],
                                  "loss": [round(r["train/loss"], 5) for r in two]}}))
+
+
+def test_ixt_train_on_two_ranks_makes_the_one_rank_model(tmp_path):
+    """`ixt train learner.num_gpus=2` starts its own two ranks and ends with the 1-rank model."""
+    from tests.integration.test_train_eval import _ixt, _rows, _write
+
+    data = _write(tmp_path / "annotated.jsonl", _rows(8))
+    summaries = {}
+    for ranks in (1, 2):
+        r = _ixt("train", "profile=smoke", f"run.run_dir={tmp_path / f'run{ranks}'}", "run.tensorboard=false",
+                 "learner.dtype=fp32", "learner.max_samples_per_batch=5", "learner.max_steps=3",
+                 f"learner.num_gpus={ranks}", f"learner.master_port={free_port()}", f"train.data={data}",
+                 f"train.output_dir={tmp_path / f'model{ranks}'}")
+        assert r.returncode == 0, r.stderr[-4000:]
+        [line] = [x for x in r.stdout.splitlines() if x.startswith("{")]  # rank 0 alone prints it
+        summaries[ranks] = json.loads(line)
+    assert summaries[1]["train/steps"] == summaries[2]["train/steps"] == 3
+    assert summaries[2]["train/tokens_total"] == summaries[1]["train/tokens_total"]
+    assert summaries[2]["train/last_loss"] == pytest.approx(summaries[1]["train/last_loss"], rel=1e-5)
+    w1, w2 = _weights(tmp_path / "model1"), _weights(tmp_path / "model2")
+    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 1e-5
