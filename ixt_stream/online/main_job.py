@@ -51,7 +51,7 @@ def wait_for_learner(cfg: IxtConfig, overrides: list[str], poll_s: float = 10.0)
     """Block until the learner exits; fail early if any service dies."""
     summary_path = Path(cfg.run.run_dir) / "learner_summary.json"
     while True:
-        rows = {r["name"]: r for r in supervisor.status(cfg.run.run_dir)}
+        rows = {r["name"]: r for r in supervisor.launched(cfg)}
         if not rows["learner"]["alive"]:
             break
         dead = [n for n, r in rows.items() if not r["alive"]]

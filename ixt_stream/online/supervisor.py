@@ -16,8 +16,9 @@ thrash otherwise. On a GPU node `run.gpus` gives each service its CUDA_VISIBLE_D
 i its own `tensor_parallel_size` slice of the generators' list), and a learner with
 `learner.num_gpus > 1` starts under torchrun, one rank per GPU (DS_ACCELERATOR=cuda overrides the
 Makefile's CPU default for it where `run.gpus` gives a GPU layout; without one, N gloo ranks on the
-CPU). Left out: automatic restarts, remote hosts (start
-each node's roles there with `run.roles`, see README "GPU nodes"), and log rotation.
+CPU). `launcher.kind=ray` hands the same services to a Ray cluster instead (`ray_launcher`).
+Left out: automatic restarts, remote hosts without Ray (start each node's roles there with
+`run.roles`, see README "GPU nodes"), and log rotation.
 """
 
 from __future__ import annotations
@@ -187,15 +188,17 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def status(run_dir: str | Path) -> list[dict]:
-    """One row per recorded service: name, pid, alive, and its latest status file."""
+def status(run_dir: str | Path, names: list[str] | None = None) -> list[dict]:
+    """One row per recorded service (those in `names` if given): name, pid, alive, and its latest
+    status file."""
     return [{"name": name, "pid": rec["pid"], "alive": bool(_ours(rec)), "status": read_status(run_dir, name)}
-            for name, rec in _pid_files(run_dir).items()]
+            for name, rec in _pid_files(run_dir).items() if names is None or name in names]
 
 
-def down(run_dir: str | Path, grace_s: float = 15.0) -> dict[str, str]:
-    """Stop every recorded service: SIGTERM, wait `grace_s`, SIGKILL. Returns name -> outcome."""
-    records = _pid_files(run_dir)
+def down(run_dir: str | Path, grace_s: float = 15.0, names: list[str] | None = None) -> dict[str, str]:
+    """Stop every recorded service (those in `names` if given): SIGTERM, wait `grace_s`, SIGKILL.
+    Returns name -> outcome."""
+    records = {n: r for n, r in _pid_files(run_dir).items() if names is None or n in names}
     outcome = {name: "stopped" if _ours(rec) else "not running" for name, rec in records.items()}
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
         live = {name: _ours(rec) for name, rec in records.items()}
@@ -229,6 +232,12 @@ def _fmt(status: dict) -> str:
 
 
 def up_main(cfg: IxtConfig, overrides: list[str]) -> int:
+    if cfg.launcher.kind == "ray":
+        from ixt_stream.online import ray_launcher
+
+        started = ray_launcher.up(cfg, overrides)
+        print(f"{cfg.run.run_dir}: started on Ray {', '.join(started) or 'nothing'}")
+        return status_main(cfg, overrides)
     started = up(cfg.run.run_dir, stack(cfg, overrides))
     print(f"{cfg.run.run_dir}: started {', '.join(f'{n} ({p})' for n, p in started.items()) or 'nothing'}")
     return status_main(cfg, overrides)
@@ -241,10 +250,19 @@ def state(row: dict) -> str:
     return "finished" if row["status"].get("done") is True else "DEAD"
 
 
+def launched(cfg: IxtConfig) -> list[dict]:
+    """`status` rows from the configured launcher (this machine's pid files, or the Ray cluster)."""
+    if cfg.launcher.kind == "ray":
+        from ixt_stream.online import ray_launcher
+
+        return ray_launcher.status(cfg)
+    return status(cfg.run.run_dir)
+
+
 def status_main(cfg: IxtConfig, overrides: list[str]) -> int:
     """Exit 1 when a service died (exited before its work was done); finished ones are fine."""
     run_dir = cfg.run.run_dir
-    rows = status(run_dir)
+    rows = launched(cfg)
     if not rows:
         print(f"{run_dir}: no services")
     for r in rows:
@@ -253,7 +271,12 @@ def status_main(cfg: IxtConfig, overrides: list[str]) -> int:
 
 
 def down_main(cfg: IxtConfig, overrides: list[str]) -> int:
-    result = down(cfg.run.run_dir, grace_s=cfg.run.stop_grace_s)
+    if cfg.launcher.kind == "ray":
+        from ixt_stream.online import ray_launcher
+
+        result = ray_launcher.down(cfg)
+    else:
+        result = down(cfg.run.run_dir, grace_s=cfg.run.stop_grace_s)
     for name, what in result.items():
         print(f"{name:<14} {what}")
     return 1 if "still alive" in result.values() else 0
