@@ -1,4 +1,5 @@
-"""`ixt up` / `ixt status` / `ixt down`: the online stack as background processes in a run folder.
+"""The local launcher behind `ixt up` / `status` / `down` (`online/launch.py`): the online stack
+as background processes in a run folder.
 
 Each service is one `ixt serve <role> ...overrides` process, started in its own session so that
 its process group holds every child it spawns. Its state lives in `run.run_dir`:
@@ -219,64 +220,3 @@ def down(run_dir: str | Path, grace_s: float = 15.0, names: list[str] | None = N
         else:
             (Path(run_dir) / "pids" / f"{name}.json").unlink(missing_ok=True)
     return outcome
-
-
-# -- CLI --------------------------------------------------------------------------------------
-
-
-def _fmt(status: dict) -> str:
-    age = f"{time.time() - status['time']:.0f}s ago " if "time" in status else ""
-    items = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-             for k, v in status.items() if k not in ("pid", "time")]
-    return age + " ".join(items)
-
-
-def up_main(cfg: IxtConfig, overrides: list[str]) -> int:
-    if cfg.launcher.kind == "ray":
-        from ixt_stream.online import ray_launcher
-
-        started = ray_launcher.up(cfg, overrides)
-        print(f"{cfg.run.run_dir}: started on Ray {', '.join(started) or 'nothing'}")
-        return status_main(cfg, overrides)
-    started = up(cfg.run.run_dir, stack(cfg, overrides))
-    print(f"{cfg.run.run_dir}: started {', '.join(f'{n} ({p})' for n, p in started.items()) or 'nothing'}")
-    return status_main(cfg, overrides)
-
-
-def state(row: dict) -> str:
-    """alive | finished (exited after its work was done: its last status says `done`) | DEAD."""
-    if row["alive"]:
-        return "alive"
-    return "finished" if row["status"].get("done") is True else "DEAD"
-
-
-def launched(cfg: IxtConfig) -> list[dict]:
-    """`status` rows from the configured launcher (this machine's pid files, or the Ray cluster)."""
-    if cfg.launcher.kind == "ray":
-        from ixt_stream.online import ray_launcher
-
-        return ray_launcher.status(cfg)
-    return status(cfg.run.run_dir)
-
-
-def status_main(cfg: IxtConfig, overrides: list[str]) -> int:
-    """Exit 1 when a service died (exited before its work was done); finished ones are fine."""
-    run_dir = cfg.run.run_dir
-    rows = launched(cfg)
-    if not rows:
-        print(f"{run_dir}: no services")
-    for r in rows:
-        print(f"{r['name']:<14} pid {r['pid']:<8} {state(r):<8} {_fmt(r['status'])}")
-    return 0 if rows and all(state(r) != "DEAD" for r in rows) else 1
-
-
-def down_main(cfg: IxtConfig, overrides: list[str]) -> int:
-    if cfg.launcher.kind == "ray":
-        from ixt_stream.online import ray_launcher
-
-        result = ray_launcher.down(cfg)
-    else:
-        result = down(cfg.run.run_dir, grace_s=cfg.run.stop_grace_s)
-    for name, what in result.items():
-        print(f"{name:<14} {what}")
-    return 1 if "still alive" in result.values() else 0
