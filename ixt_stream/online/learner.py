@@ -22,7 +22,12 @@ A run that trained but has no intact checkpoint (corrupt, or never saved with th
 `learner.save_every=0`) is refused with a ConfigError saying what to do, unless
 `learner.fresh_on_corrupt_checkpoint`: then every earlier training event is rolled back the same
 way and the versions still continue from LATEST.
-Left out: several learner ranks (ZeRO across processes) in the online loop; multi-epoch replay.
+Several ranks (`learner.num_gpus > 1`, torchrun): rank 0 runs everything above; each step it splits
+the group token-balanced across the ranks (`update.ranks`), which train data-parallel under
+DeepSpeed and join its collectives (the ZeRO gather before a publish, checkpoints, the final save);
+the other ranks (`follow`) open no socket and never touch the ledger. Resume is the same on every
+rank; killing any rank ends the group (torchrun) and `ixt up` restarts it whole.
+Left out: multi-epoch replay.
 """
 
 from __future__ import annotations
@@ -38,11 +43,12 @@ from pathlib import Path
 import zmq
 
 from ixt_stream import models
-from ixt_stream.config import ConfigError, IxtConfig, LearnerConfig
+from ixt_stream.config import ConfigError, IxtConfig, LearnerConfig, StreamConfig
 from ixt_stream.ledger import Ledger
 from ixt_stream.metrics import MetricsSink
 from ixt_stream.stream import sockets
 from ixt_stream.types import ConditionedSample, Label, WeightAck
+from ixt_stream.update.ranks import Ranks, shard
 from ixt_stream.wire.codec import FrameLimits
 
 log = logging.getLogger(__name__)
@@ -116,8 +122,12 @@ class Prefetcher(threading.Thread):
         self.apply_seconds[ack.generator_id] = ack.apply_seconds
 
 
-def resume(learner, ledger: Ledger, run_dir: Path, lc: LearnerConfig) -> int:
+def resume(learner, ledger: Ledger | None, run_dir: Path, lc: LearnerConfig,
+           ranks: Ranks | None = None) -> int:
     """Where a (re)started learner stands; returns the weight version to continue from.
+
+    Every rank calls it (loading a checkpoint is collective); rank 0 alone holds the `ledger`
+    (None elsewhere) and tells the others whether this run is new.
 
     A run that already trained resumes from its newest intact checkpoint; training events after it
     are forgotten (ledgered dropped, rolled_back) and versions continue after LATEST. With no
@@ -130,8 +140,9 @@ def resume(learner, ledger: Ledger, run_dir: Path, lc: LearnerConfig) -> int:
 
     ckpt_dir, latest = run_dir / "checkpoints", run_dir / "weights" / LATEST
     published = json.loads(latest.read_text())["version"] if latest.exists() else 0
-    trained_to = ledger.last_trained_step()
-    if not (integrity.tags(ckpt_dir) or published or trained_to):
+    ranks = ranks or Ranks()
+    trained_to = ledger.last_trained_step() if ledger else 0
+    if not ranks.broadcast(bool(integrity.tags(ckpt_dir) or published or trained_to) if ranks.is_root else None):
         return 0  # a new run
     step = 0
     try:
@@ -148,6 +159,8 @@ def resume(learner, ledger: Ledger, run_dir: Path, lc: LearnerConfig) -> int:
                 f"dropped, rolled_back; versions continue after v{published}). learner.save_every > 0 makes "
                 "a run resumable") from None
         log.error("%s; starting from the initial weights (learner.fresh_on_corrupt_checkpoint)", e)
+    if ledger is None:
+        return published
     forgotten = ledger.untrain_after(step, drop_reason="rolled_back")
     log.info("resumed at step %d, weights v%d (%d later training events forgotten)", step, published, forgotten)
     return published
@@ -166,13 +179,17 @@ def run(cfg: IxtConfig, stop: threading.Event) -> dict:
     model_dir = models.resolve(cfg.model)
     pad_id = models.load_tokenizer(model_dir).pad_token_id
     learner = Learner.from_config(model_dir, lc)
-    ledger = Ledger(run_dir / "ledger.sqlite")
+    ranks = Ranks.current()
+    ledger = Ledger(run_dir / "ledger.sqlite") if ranks.is_root else None
     ckpt_dir = run_dir / "checkpoints"
     try:
-        version = resume(learner, ledger, run_dir, lc)
+        version = resume(learner, ledger, run_dir, lc, ranks)
     except ConfigError:
-        ledger.close()
+        if ledger is not None:
+            ledger.close()
         raise
+    if ledger is None:
+        return follow(cfg, learner, ranks, pad_id)
     publisher = publish.publisher(sc, str(run_dir), cfg.run.run_id)
     sink = MetricsSink.from_config(cfg, NAME)
     limits = FrameLimits(vocab_size=learner.vocab_size, max_tokens=min(cfg.condition.max_seq_len, lc.tokens_per_batch))
@@ -228,7 +245,8 @@ def run(cfg: IxtConfig, stop: threading.Event) -> dict:
             for s in group:
                 staleness[version - s.sample.weight_version] += 1
             t0 = time.perf_counter()
-            metrics = learner.train_step(collate(group, pad_id, lc.row_tokens))
+            mine = ranks.scatter([(learner.step, version, share) for share in shard(group, ranks.world)])[2]
+            metrics = learner.train_step(collate(mine, pad_id, lc.row_tokens) if mine else None)
             busy += time.perf_counter() - t0
             ids = [s.sample.sample_id for s in group]
             if metrics["train/applied"]:
@@ -239,13 +257,13 @@ def run(cfg: IxtConfig, stop: threading.Event) -> dict:
             else:
                 drops["nonfinite_step"] += len(group)
                 ledger.dropped([(i, "nonfinite_step") for i in ids])
-            if metrics["train/applied"] and learner.step % sc.sync_every == 0:
+            if publishes(metrics, learner.step, sc):
                 t0 = time.perf_counter()
                 version += 1
                 publisher.publish(learner.full_state_dict(publisher.dtype, copy=False), version, learner.step,
                                   trained_feedback.most_frequent(Label.GOOD))
                 pushes.append(time.perf_counter() - t0)
-            if lc.save_every and metrics["train/applied"] and learner.step % lc.save_every == 0:
+            if saves(metrics, learner.step, lc):
                 learner.save_checkpoint(ckpt_dir)
             wall = time.perf_counter() - started
             scores = [s.critique.score for s in group if s.critique is not None]
@@ -273,6 +291,7 @@ def run(cfg: IxtConfig, stop: threading.Event) -> dict:
                          version, 100 * busy / wall, prefetch.generator_versions)
             if learner.step >= lc.max_steps:
                 break  # now, not when the next group is complete (no more samples may come)
+        ranks.scatter([None] * ranks.world)  # the other ranks stop, and join the saves below
         if learner.step > 0:
             learner.save_hf(run_dir / "final")
             record.write(run_dir / "final", cfg.condition, trained_feedback.inference_feedback())
@@ -296,6 +315,39 @@ def run(cfg: IxtConfig, stop: threading.Event) -> dict:
         publisher.close()
         ledger.close()
     return summary
+
+
+def publishes(metrics: dict, step: int, sc: StreamConfig) -> bool:
+    """Whether this step ends with a weight publish (the same answer on every rank)."""
+    return bool(metrics["train/applied"]) and step % sc.sync_every == 0
+
+
+def saves(metrics: dict, step: int, lc: LearnerConfig) -> bool:
+    """Whether this step ends with a checkpoint (the same answer on every rank)."""
+    return bool(lc.save_every and metrics["train/applied"] and step % lc.save_every == 0)
+
+
+def follow(cfg: IxtConfig, learner, ranks: Ranks, pad_id: int) -> dict:
+    """A rank other than 0: train on the shares rank 0 sends, and join its collectives (the gather
+    before a publish, checkpoints, the final save), until it says stop. No socket, no ledger, no
+    metrics: rank 0 reports for the group."""
+    from ixt_stream.batch.collate import collate
+
+    lc, run_dir = cfg.learner, Path(cfg.run.run_dir)
+    while (order := ranks.scatter(None)) is not None:
+        step, _version, mine = order
+        if step != learner.step:
+            raise RuntimeError(f"rank {ranks.rank} is at step {learner.step}, rank 0 at {step}")
+        metrics = learner.train_step(collate(mine, pad_id, lc.row_tokens) if mine else None)
+        if publishes(metrics, learner.step, cfg.stream) and learner.zero_stage:
+            learner.full_state_dict(copy=False)  # ZeRO-1/2/3: every rank's part of rank 0's gather
+        if saves(metrics, learner.step, lc):
+            learner.save_checkpoint(run_dir / "checkpoints")
+    if learner.step > 0:
+        learner.save_hf(run_dir / "final")
+        if lc.save_every:
+            learner.save_checkpoint(run_dir / "checkpoints")
+    return {"rank": ranks.rank, "steps": learner.step, "skipped_steps": learner.skipped_steps}
 
 
 def main(cfg: IxtConfig) -> int:

@@ -25,7 +25,7 @@ from pathlib import Path
 from ixt_stream import metrics
 from ixt_stream.config import IxtConfig
 from ixt_stream.ledger import Ledger
-from ixt_stream.online import supervisor
+from ixt_stream.online import launch, supervisor
 
 
 def _eval(overrides: list[str], checkpoint: str, out: Path) -> dict:
@@ -51,7 +51,7 @@ def wait_for_learner(cfg: IxtConfig, overrides: list[str], poll_s: float = 10.0)
     """Block until the learner exits; fail early if any service dies."""
     summary_path = Path(cfg.run.run_dir) / "learner_summary.json"
     while True:
-        rows = {r["name"]: r for r in supervisor.status(cfg.run.run_dir)}
+        rows = {r["name"]: r for r in launch.launched(cfg)}
         if not rows["learner"]["alive"]:
             break
         dead = [n for n, r in rows.items() if not r["alive"]]

@@ -1,4 +1,5 @@
-"""`ixt up` / `ixt status` / `ixt down`: the online stack as background processes in a run folder.
+"""The local launcher behind `ixt up` / `status` / `down` (`online/launch.py`): the online stack
+as background processes in a run folder.
 
 Each service is one `ixt serve <role> ...overrides` process, started in its own session so that
 its process group holds every child it spawns. Its state lives in `run.run_dir`:
@@ -14,9 +15,11 @@ are already alive, so re-running it restarts only the dead ones. Each service ge
 OMP_NUM_THREADS from its role's `threads` setting (1 elsewhere): on two cores co-located processes
 thrash otherwise. On a GPU node `run.gpus` gives each service its CUDA_VISIBLE_DEVICES (generator
 i its own `tensor_parallel_size` slice of the generators' list), and a learner with
-`learner.num_gpus > 1` starts under the deepspeed launcher, one rank per GPU (DS_ACCELERATOR=cuda
-overrides the Makefile's CPU default for it). Left out: automatic restarts, remote hosts (start
-each node's roles there with `run.roles`, see README "GPU nodes"), and log rotation.
+`learner.num_gpus > 1` starts under torchrun, one rank per GPU (DS_ACCELERATOR=cuda overrides the
+Makefile's CPU default for it where `run.gpus` gives a GPU layout; without one, N gloo ranks on the
+CPU). `launcher.kind=ray` hands the same services to a Ray cluster instead (`ray_launcher`).
+Left out: automatic restarts, remote hosts without Ray (start each node's roles there with
+`run.roles`, see README "GPU nodes"), and log rotation.
 """
 
 from __future__ import annotations
@@ -59,6 +62,16 @@ def _gpus(cfg: IxtConfig, role: str, start: int = 0, count: int | None = None, n
     return {"CUDA_VISIBLE_DEVICES": ",".join(map(str, ids[start:end]))}
 
 
+def learner_ranks(ranks: int, master_port: int, nodes: int = 1, node_rank: int = 0,
+                  master_addr: str = "127.0.0.1") -> list[str]:
+    """torchrun's command line for `ranks` learner ranks over `nodes` nodes (this one `node_rank`),
+    up to the module name: one rank per GPU (a gloo process on a CPU), and when one rank dies,
+    torchrun stops the others, so the group is restarted whole."""
+    return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--node-rank={node_rank}",
+            f"--nproc-per-node={ranks // nodes}", f"--master-addr={master_addr}", f"--master-port={master_port}",
+            "--max-restarts=0", "-m"]
+
+
 def stack(cfg: IxtConfig, overrides: list[str]) -> list[Service]:
     """The services of the online loop for `cfg`, each forwarded the same `overrides`."""
     for name, roles in (("run.roles", cfg.run.roles), ("run.gpus", cfg.run.gpus)):
@@ -79,11 +92,9 @@ def stack(cfg: IxtConfig, overrides: list[str]) -> list[Service]:
                 out.append(Service(f"generator-{i}", argv, gen.threads, env))
         elif role == "learner":
             argv, env = [*serve, role, *overrides], _gpus(cfg, role, 0, lc.num_gpus, f"learner.num_gpus={lc.num_gpus}")
-            if lc.num_gpus > 1:  # one rank per GPU; ranks read LOCAL_RANK from the env, not --local_rank
-                launcher = [sys.executable, "-m", "deepspeed.launcher.runner", f"--master_port={lc.master_port}",
-                            *([] if env else [f"--num_gpus={lc.num_gpus}"]), "--no_local_rank", "--module"]
-                argv = [*launcher, "ixt_stream.cli", "serve", role, *overrides]
-            if env or lc.num_gpus > 1:
+            if lc.num_gpus > 1:
+                argv = [*learner_ranks(lc.num_gpus, lc.master_port), "ixt_stream.cli", "serve", role, *overrides]
+            if env or (lc.num_gpus > 1 and cfg.run.gpus):  # a GPU layout: ranks on CUDA, not the CPU default
                 env["DS_ACCELERATOR"] = "cuda"
             out.append(Service(role, argv, lc.threads, env))
         else:
@@ -178,15 +189,17 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def status(run_dir: str | Path) -> list[dict]:
-    """One row per recorded service: name, pid, alive, and its latest status file."""
+def status(run_dir: str | Path, names: list[str] | None = None) -> list[dict]:
+    """One row per recorded service (those in `names` if given): name, pid, alive, and its latest
+    status file."""
     return [{"name": name, "pid": rec["pid"], "alive": bool(_ours(rec)), "status": read_status(run_dir, name)}
-            for name, rec in _pid_files(run_dir).items()]
+            for name, rec in _pid_files(run_dir).items() if names is None or name in names]
 
 
-def down(run_dir: str | Path, grace_s: float = 15.0) -> dict[str, str]:
-    """Stop every recorded service: SIGTERM, wait `grace_s`, SIGKILL. Returns name -> outcome."""
-    records = _pid_files(run_dir)
+def down(run_dir: str | Path, grace_s: float = 15.0, names: list[str] | None = None) -> dict[str, str]:
+    """Stop every recorded service (those in `names` if given): SIGTERM, wait `grace_s`, SIGKILL.
+    Returns name -> outcome."""
+    records = {n: r for n, r in _pid_files(run_dir).items() if names is None or n in names}
     outcome = {name: "stopped" if _ours(rec) else "not running" for name, rec in records.items()}
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
         live = {name: _ours(rec) for name, rec in records.items()}
@@ -207,44 +220,3 @@ def down(run_dir: str | Path, grace_s: float = 15.0) -> dict[str, str]:
         else:
             (Path(run_dir) / "pids" / f"{name}.json").unlink(missing_ok=True)
     return outcome
-
-
-# -- CLI --------------------------------------------------------------------------------------
-
-
-def _fmt(status: dict) -> str:
-    age = f"{time.time() - status['time']:.0f}s ago " if "time" in status else ""
-    items = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-             for k, v in status.items() if k not in ("pid", "time")]
-    return age + " ".join(items)
-
-
-def up_main(cfg: IxtConfig, overrides: list[str]) -> int:
-    started = up(cfg.run.run_dir, stack(cfg, overrides))
-    print(f"{cfg.run.run_dir}: started {', '.join(f'{n} ({p})' for n, p in started.items()) or 'nothing'}")
-    return status_main(cfg, overrides)
-
-
-def state(row: dict) -> str:
-    """alive | finished (exited after its work was done: its last status says `done`) | DEAD."""
-    if row["alive"]:
-        return "alive"
-    return "finished" if row["status"].get("done") is True else "DEAD"
-
-
-def status_main(cfg: IxtConfig, overrides: list[str]) -> int:
-    """Exit 1 when a service died (exited before its work was done); finished ones are fine."""
-    run_dir = cfg.run.run_dir
-    rows = status(run_dir)
-    if not rows:
-        print(f"{run_dir}: no services")
-    for r in rows:
-        print(f"{r['name']:<14} pid {r['pid']:<8} {state(r):<8} {_fmt(r['status'])}")
-    return 0 if rows and all(state(r) != "DEAD" for r in rows) else 1
-
-
-def down_main(cfg: IxtConfig, overrides: list[str]) -> int:
-    result = down(cfg.run.run_dir, grace_s=cfg.run.stop_grace_s)
-    for name, what in result.items():
-        print(f"{name:<14} {what}")
-    return 1 if "still alive" in result.values() else 0

@@ -11,8 +11,9 @@ Built from plain parameters, so `ixt train` and the online loop construct it the
 Choices:
 - One process by default. DeepSpeed without a launcher looks for MPI unless RANK, WORLD_SIZE,
   MASTER_ADDR, ... are set; missing ones are filled in for a single rank (a free MASTER_PORT).
-  Under torchrun / the deepspeed launcher it runs data-parallel, but giving each rank its own
-  data is the caller's job.
+  Under torchrun it runs data-parallel: each rank passes its share of the step (`update.ranks`
+  splits a group) and `train_step` makes the one-rank update on the whole group (the loss is
+  the mean over all ranks' loss tokens, not a mean of per-rank means).
 - "bf16" is DeepSpeed's bf16 mode: the module computes in bf16, the optimizer keeps fp32 master
   weights. DeepSpeed casts the module to bf16 before copying the masters, so training starts
   from the bf16-rounded checkpoint. "fp32" is fp32 throughout.
@@ -39,6 +40,7 @@ import math
 import os
 import socket
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -62,6 +64,12 @@ def _single_process_env() -> None:
             os.environ["MASTER_PORT"] = str(s.getsockname()[1])
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+RANK_TIMEOUT = timedelta(hours=2)
+"""How long a rank waits in a collective: the other ranks wait in rank 0's scatter while rank 0
+waits for samples, which may take long (a generator outage); a dead rank is the launcher's to
+notice (torchrun stops the others)."""
 
 
 def deepspeed_config(zero_stage: int, dtype: str, grad_clip: float) -> dict:
@@ -122,6 +130,9 @@ class Learner:
         self.step = 0
         """Optimizer updates applied so far (skipped steps excluded)."""
         self.skipped_steps = 0
+        deepspeed.init_distributed(timeout=RANK_TIMEOUT, verbose=False)
+        self.world = int(os.environ["WORLD_SIZE"])
+        """Data-parallel ranks; each step's gradient is the mean over every rank's tokens."""
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         # fused: one kernel over all tensors (CPU too, torch >= 2.4): 4x faster than the for-loop
         # AdamW on SmolLM2 on this CPU (0.41 s -> 0.1 s a step)
@@ -151,14 +162,22 @@ class Learner:
 
     # -- training ---------------------------------------------------------------------------------
 
-    def train_step(self, batch: TensorBatch) -> dict[str, float]:
+    def train_step(self, batch: TensorBatch | None) -> dict[str, float]:
         """Forward, backward and one optimizer update on `batch`, unless it is not finite.
+
+        With several ranks every rank calls it with its share of the step (None: no share this
+        step, when the group had fewer samples than ranks) and the update is the one a single rank
+        would make on the whole group: the loss is the mean over all ranks' loss tokens, and so is
+        the gradient DeepSpeed averages; the metrics count the whole group.
 
         Returns flat metrics: train/step (after this call), train/applied (1 or 0),
         train/skipped_steps, train/loss, train/loss_tokens, train/tokens (unpadded),
         train/padded_tokens, train/samples, train/grad_norm, train/lr, train/step_s,
         train/tokens_per_s.
         """
+        if batch is None:  # one position, no target: this rank adds zero gradient to the mean
+            one = torch.zeros((1, 1), dtype=torch.long)
+            batch = TensorBatch(one, torch.ones_like(one), torch.full_like(one, IGNORE), [])
         t0 = time.perf_counter()
         lr = self.lr_at(self.step)
         for group in self._optimizer.param_groups:
@@ -168,12 +187,17 @@ class Learner:
         # The LM head runs only on the columns where some sample has a target: feedback and prompt
         # columns carry no loss, and a 49k-vocab head over them is a fifth of SmolLM2's FLOPs.
         cols = (on_device.targets != IGNORE).any(0).nonzero().squeeze(1)
+        if not len(cols):  # an empty share still runs the graph, so its ranks join the reduction
+            cols = cols.new_zeros(1)
         # Packed rows carry position ids and no mask: the model then masks attention per sample.
         rows = ({"attention_mask": on_device.attention_mask} if on_device.position_ids is None
                 else {"position_ids": on_device.position_ids})
         logits = self.engine(input_ids=on_device.input_ids, use_cache=False, logits_to_keep=cols, **rows).logits
         loss, stats = token_loss(logits, on_device.targets[:, cols])
         del logits
+        counts = {"tokens": batch.num_tokens, "padded": batch.num_padded_tokens, "samples": batch.num_samples}
+        if self.world > 1:
+            loss, stats, counts = self._mean_over_ranks(loss, stats, counts)
         grad_norm = math.nan
         applied = math.isfinite(stats["loss/mean"]) and stats["loss/tokens"] > 0
         if applied:
@@ -202,14 +226,28 @@ class Learner:
             "train/skipped_steps": float(self.skipped_steps),
             "train/loss": stats["loss/mean"],
             "train/loss_tokens": stats["loss/tokens"],
-            "train/tokens": float(batch.num_tokens),
-            "train/padded_tokens": float(batch.num_padded_tokens),
-            "train/samples": float(batch.num_samples),
+            "train/tokens": float(counts["tokens"]),
+            "train/padded_tokens": float(counts["padded"]),
+            "train/samples": float(counts["samples"]),
             "train/grad_norm": grad_norm,
             "train/lr": lr,
             "train/step_s": seconds,
-            "train/tokens_per_s": batch.num_tokens / seconds,
+            "train/tokens_per_s": counts["tokens"] / seconds,
         }
+
+    def _mean_over_ranks(self, loss: torch.Tensor, stats: dict[str, float], counts: dict[str, int]):
+        """This rank's loss rescaled so that the mean DeepSpeed takes of the ranks' gradients is the
+        gradient of the mean over every rank's loss tokens; stats and counts summed over ranks."""
+        import torch.distributed as dist
+
+        local_tokens = stats["loss/tokens"]
+        total = torch.tensor([stats["loss/mean"] * local_tokens, local_tokens, *counts.values()],
+                             dtype=torch.float64, device=self.engine.device)
+        dist.all_reduce(total)
+        loss_sum, tokens, *summed = total.tolist()
+        loss = loss * (local_tokens * self.world / max(tokens, 1.0))
+        mean = loss_sum / tokens if tokens else 0.0
+        return loss, {"loss/mean": mean, "loss/tokens": tokens}, dict(zip(counts, map(int, summed), strict=True))
 
     # -- weights out ------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from ixt_stream import metrics
 from ixt_stream.config import ConfigError, StreamConfig, load
 from ixt_stream.critique.backend import NullBackend
 from ixt_stream.critique.server import RewardServer
-from ixt_stream.online import supervisor
+from ixt_stream.online import launch, supervisor
 from ixt_stream.stream import sockets
 from tests.conftest import free_port
 from tests.integration.test_annotate import ENV
@@ -65,12 +65,12 @@ def test_status_shows_a_service_that_finished_as_finished_not_dead(tmp_path, cap
         (run_dir / "pids").mkdir(parents=True, exist_ok=True)
         (run_dir / "pids" / f"{name}.json").write_text(json.dumps({"pid": proc.pid, "start": 0, "argv": []}))
         metrics.write_status(run_dir, name, {"steps": 12, "done": done})
-    assert supervisor.status_main(load([f"run.run_dir={run_dir}"]), []) == 0
+    assert launch.status_main(load([f"run.run_dir={run_dir}"]), []) == 0
     out = capsys.readouterr().out
     assert out.count("finished") == 2 and "DEAD" not in out
 
     metrics.write_status(run_dir, "learner", {"steps": 5, "done": False})  # died mid-run
-    assert supervisor.status_main(load([f"run.run_dir={run_dir}"]), []) == 1
+    assert launch.status_main(load([f"run.run_dir={run_dir}"]), []) == 1
     assert "DEAD" in capsys.readouterr().out
 
 

@@ -19,7 +19,7 @@ def test_gpu_profile_composes():
     cfg = load(["profile=gpu"])
     assert cfg.stream.weight_transport == "collective" and cfg.stream.weight_dtype == "bfloat16"
     assert cfg.reward.backend == "sglang"
-    assert (cfg.learner.zero_stage, cfg.learner.dtype, cfg.learner.num_gpus) == (3, "bf16", 1)
+    assert (cfg.learner.zero_stage, cfg.learner.dtype, cfg.learner.num_gpus) == (3, "bf16", 2)
     assert cfg.generator.dtype == "bfloat16" and 0 < cfg.generator.gpu_memory_utilization < 1
     assert cfg.generator.tensor_parallel_size == 1
     used = [i for ids in cfg.run.gpus.values() for i in ids]
@@ -29,42 +29,48 @@ def test_gpu_profile_composes():
 def test_stack_gives_every_service_its_own_gpus():
     overrides = ["profile=gpu"]
     services = by_name(supervisor.stack(load(overrides), overrides))
-    assert list(services) == ["reward", "learner", "orchestrator", *(f"generator-{i}" for i in range(6))]
-    assert services["reward"].env == {"CUDA_VISIBLE_DEVICES": "1"}
-    assert services["learner"].env == {"CUDA_VISIBLE_DEVICES": "0", "DS_ACCELERATOR": "cuda"}
+    assert list(services) == ["reward", "learner", "orchestrator", *(f"generator-{i}" for i in range(5))]
+    assert services["reward"].env == {"CUDA_VISIBLE_DEVICES": "2"}
+    assert services["learner"].env == {"CUDA_VISIBLE_DEVICES": "0,1", "DS_ACCELERATOR": "cuda"}
     assert services["orchestrator"].env == {}  # no GPU: inherits the environment
-    for i in range(6):
+    for i in range(5):
         g = services[f"generator-{i}"]
-        assert g.env == {"CUDA_VISIBLE_DEVICES": str(2 + i)} and g.threads == 4
+        assert g.env == {"CUDA_VISIBLE_DEVICES": str(3 + i)} and g.threads == 4
         assert g.argv[-1] == f"generator.index={i}"
-    learner = services["learner"]  # one rank: a plain `ixt serve learner`
-    assert learner.argv == [sys.executable, "-m", "ixt_stream.cli", "serve", "learner", *overrides]
+    learner = services["learner"]  # two ranks under torchrun
+    assert learner.argv[2:6] == ["torch.distributed.run", "--nnodes=1", "--node-rank=0", "--nproc-per-node=2"]
+    assert learner.argv[-len(overrides) - 3:] == ["ixt_stream.cli", "serve", "learner", *overrides]
     assert learner.threads == 8
 
 
 def test_tensor_parallel_generators_get_consecutive_slices():
-    overrides = ["profile=gpu", "generator.num_generators=3", "generator.tensor_parallel_size=2"]
+    overrides = ["profile=gpu", "generator.num_generators=2", "generator.tensor_parallel_size=2"]
     services = by_name(supervisor.stack(load(overrides), overrides))
-    assert [services[f"generator-{i}"].env["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["2,3", "4,5", "6,7"]
+    assert [services[f"generator-{i}"].env["CUDA_VISIBLE_DEVICES"] for i in range(2)] == ["3,4", "5,6"]
 
 
-def test_a_multi_gpu_learner_runs_under_the_deepspeed_launcher():
+def test_a_multi_gpu_learner_runs_under_torchrun():
     overrides = ["profile=gpu", "learner.num_gpus=4", "run.gpus.learner=[0,1,2,3]", "run.gpus.reward=[4]",
                  "run.gpus.generator=[5,6,7]", "generator.num_generators=3", "learner.master_port=29611"]
     learner = by_name(supervisor.stack(load(overrides), overrides))["learner"]
     assert learner.env == {"CUDA_VISIBLE_DEVICES": "0,1,2,3", "DS_ACCELERATOR": "cuda"}
-    assert learner.argv == [sys.executable, "-m", "deepspeed.launcher.runner", "--master_port=29611",
-                            "--no_local_rank", "--module", "ixt_stream.cli", "serve", "learner", *overrides]
-    # no GPU list: the launcher takes the node's first num_gpus GPUs itself
+    assert learner.argv == [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--node-rank=0",
+                            "--nproc-per-node=4", "--master-addr=127.0.0.1", "--master-port=29611",
+                            "--max-restarts=0", "-m", "ixt_stream.cli", "serve", "learner", *overrides]
+    # no GPU list for the learner, but a GPU layout: the node's first num_gpus GPUs, on CUDA
     overrides = ["profile=gpu", "learner.num_gpus=2", "~run.gpus.learner"]
     learner = by_name(supervisor.stack(load(overrides), overrides))["learner"]
     assert learner.env == {"DS_ACCELERATOR": "cuda"}
-    assert learner.argv[3:7] == ["--master_port=29500", "--num_gpus=2", "--no_local_rank", "--module"]
+    assert learner.argv[5] == "--nproc-per-node=2"
+    # no GPU layout at all (CPU): N gloo ranks, the accelerator left to the environment
+    overrides = ["profile=smoke", "learner.num_gpus=2"]
+    learner = by_name(supervisor.stack(load(overrides), overrides))["learner"]
+    assert learner.env == {} and learner.argv[2] == "torch.distributed.run"
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["generator.num_generators=7"], "run.gpus.generator: lists 6 GPUs"),
-    (["learner.num_gpus=2"], "run.gpus.learner: lists 1 GPUs, learner.num_gpus=2 needs 2"),
+    (["generator.num_generators=6"], "run.gpus.generator: lists 5 GPUs"),
+    (["learner.num_gpus=4"], "run.gpus.learner: lists 2 GPUs, learner.num_gpus=4 needs 4"),
     (["+run.gpus.trainer=[0]"], "run.gpus: unknown role(s) ['trainer']"),
 ])
 def test_a_layout_that_does_not_fit_names_the_field(overrides, message):
