@@ -165,7 +165,7 @@ class RewardConfig:
     """The gRPC reward-model service."""
 
     backend: RewardBackend = RewardBackend.verifier
-    """verifier | vllm | openai | hybrid | sglang | null (`critique/registry.py`)"""
+    """verifier | vllm | openai | hybrid | sglang | null | process (`critique/registry.py`)"""
     host: str = "127.0.0.1"
     port: int = 50551
     max_message_bytes: int = 4 * 1024 * 1024
