@@ -110,6 +110,7 @@ def run_jobs(jobs: list[Job], workers: int) -> list[str]:
                                                 env=worker_env())
                     job.started = time.monotonic()
                     running.append(job)
+                    progress.write(f"start {job.name}")
             time.sleep(0.3)
             for job in list(running):
                 if job.proc.poll() is None:

@@ -156,7 +156,8 @@ def error_kinds(summary: dict, path: Path) -> None:
 def mixtures(summary: dict, path: Path) -> None:
     plt = _plt()
     names = list(summary["mixtures"])
-    arms = [a for a in ("baseline", "filtered", "ixt") if any(a in s.get("arms", {}) for s in summary["mixtures"].values())]
+    arms = [a for a in ("baseline", "filtered", "ixt")
+            if any(a in s.get("arms", {}) for s in summary["mixtures"].values())]
     fig, ax = plt.subplots(figsize=(max(4.0, 1.4 * len(names) + 1.5), 3.4))
     for k, arm in enumerate(arms):
         ys = [summary["mixtures"][m].get("arms", {}).get(arm, {}).get("greedy", [0])[-1] for m in names]
