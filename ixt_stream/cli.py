@@ -43,8 +43,8 @@ COMMANDS: dict[str, tuple[str, Command]] = {c.name: (target, c) for target, c in
     ("ixt_stream.online.launch:down_main",
      Command("down", "stop the stack: SIGTERM, wait, SIGKILL", ("run", "launcher"), records=False)),
     ("ixt_stream.experiment.main:main",
-     Command("experiment", "arms x scales x seeds: accuracy vs FLOPs, multiplier, report",
-             ("run", "model", "reward", "condition", "experiment"), dir_key="experiment.out_dir")),
+     Command("experiment", "feedback-conditioned pre-training in miniature: arms x sizes x seeds, multiplier, report",
+             ("run", "reward", "experiment"), dir_key="experiment.out_dir")),
 ]}
 LEDGER = ("ixt_stream.ledger:main", "a run's sample accounting: generated = trained + dropped + in flight")
 _COMPLETION = ("-sc", "--shell-completion")

@@ -177,7 +177,7 @@ class RewardConfig:
     """The gRPC reward-model service."""
 
     backend: RewardBackend = RewardBackend.verifier
-    """verifier | vllm | openai | hybrid | sglang | null (`critique/registry.py`)"""
+    """verifier | vllm | openai | hybrid | sglang | null | process (`critique/registry.py`)"""
     host: str = "127.0.0.1"
     port: int = 50551
     max_message_bytes: int = 4 * 1024 * 1024
@@ -479,67 +479,81 @@ class TrainConfig:
 
 
 @dataclass
-class ExperimentScaleConfig:
-    """One point on the model-size axis of `ixt experiment`: a from-scratch tiny Llama or a fine-tune."""
+class ExperimentWorldConfig:
+    """The synthetic world of `ixt experiment` (experiment/world.py): worked arithmetic by authors of mixed quality."""
 
-    model: str = "tiny"
-    """"tiny" (random init of `tiny`'s shape, one init per seed) or a model to fine-tune
-    ("smollm2-135m" or a folder)."""
-    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
-    responses: str = "synthetic"
-    """Training responses: synthetic (offline/synthetic.py, controlled error types) | policy (sampled
-    from this scale's own model with vLLM at `experiment.policy_temperature`) | policy+synthetic
-    (both, for the same prompts: a model whose own samples are almost never right still gets good
-    examples to learn from and to filter for)."""
-    num_prompts: int = 256
-    """Training prompts in the data pool (each with `experiment.samples_per_prompt` responses)."""
-    budget_tokens: int = 100_000
-    """Training tokens per run (feedback prefix, prompt and response, unpadded). Every arm of a scale
-    gets the same budget, so an arm with a feedback prefix sees fewer samples."""
-    lr: float = 2.0e-3
-    warmup_steps: int = 5
-    milestones: int = 6
-    """Checkpoints per run at budget x 2^-k (k = milestones-1 .. 0), plus the initial weights."""
-    seeds: list[int] = field(default_factory=list)
-    """This scale's seeds; empty = `experiment.seeds` (a costly scale may run fewer)."""
-    eval_max_new_tokens: int = 80
-    """Greedy tokens per held-out answer (the synthetic responses are ~60 tokens)."""
+    digits: int = 2
+    """Operand digits (a smaller world is the way to shrink the task when the pilot gate fails)."""
+    problems_per_doc: int = 4
+    num_docs: int = 8000
+    """Training documents per mixture (the baseline reads about one epoch of them)."""
+    eval_problems: int = 1000
+    """Held-out problems, never in any training document."""
+    seed: int = 0
+
+
+@dataclass
+class ExperimentSizeConfig:
+    """One Llama shape trained from scratch (random init per seed, the world's word vocabulary)."""
+
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    intermediate_size: int = 256
+    lr: float = 0.0
+    """0 = picked by the learning-rate sweep on the baseline (then fixed for every arm)."""
 
 
 @dataclass
 class ExperimentConfig:
-    """`ixt experiment`: the paper's claim in miniature (arms x scales x seeds, accuracy vs FLOPs)."""
+    """`ixt experiment`: feedback-conditioned pre-training in miniature (arms x sizes x seeds at equal FLOPs)."""
 
     out_dir: str = "runs/experiment"
-    """Data, checkpoints, per-run results and logs. A run whose result file exists is skipped."""
+    """Corpora, per-run results and logs. A run whose result file exists (same fingerprint) is skipped."""
     report_dir: str = ""
     """results.json, PNG plots and report.md; empty = `out_dir/report`."""
-    arms: list[str] = field(default_factory=lambda: ["baseline", "filtered", "ixt", "label"])
-    """baseline (all data, no feedback) | filtered (score 1 only, no feedback) | ixt (critique + label
-    prefix) | label (label prefix only) | ixt_dropout (ixt with `feedback_dropout`)."""
+    smoke: bool = False
+    """A smoke test (experiment=quick): checks the invariants and says its numbers are not evidence."""
+    world: ExperimentWorldConfig = field(default_factory=ExperimentWorldConfig)
+    mixture: str = "systematic"
+    """The mixture every arm and size trains on (world.MIXTURES: benign | systematic | scarce)."""
+    arms: list[str] = field(default_factory=lambda: ["baseline", "filtered", "ixt", "label", "shuffled",
+                                                     "ixt_dropout"])
+    """baseline (all, no prefix) | filtered (good only) | ixt (critique) | label (label only) | shuffled
+    (critiques shuffled across documents: the negative control) | ixt_dropout (ixt, `feedback_dropout`)."""
+    compare_mixtures: list[str] = field(default_factory=lambda: ["benign", "scarce"])
+    """Further mixtures, trained at the pilot size with `compare_arms` only (filtered vs IXT)."""
+    compare_arms: list[str] = field(default_factory=lambda: ["baseline", "filtered", "ixt"])
+    sizes: dict[str, ExperimentSizeConfig] = field(default_factory=dict)
+    """name -> shape, smallest first; set by configs/experiment/*.yaml."""
+    pilot_size: str = ""
+    """The size the pilot gate and the mixture comparison use; empty = the middle one."""
+    pilot_gate: float = 0.8
+    """The best arm's final greedy accuracy at the pilot size (first seed) must reach this, else the
+    experiment stops: the task is too hard for the budget (shrink `world.digits`)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    """Training seeds (init of from-scratch models, data order, dropout draws); the data pool is shared."""
-    scales: dict[str, ExperimentScaleConfig] = field(default_factory=dict)
-    """name -> scale; set by configs/experiment/*.yaml (drop one with `~experiment.scales.<name>`)."""
-    task: TaskConfig = field(default_factory=TaskConfig)
-    """The experiment's prompts (training pool and held-out set); the top-level `task` is not used."""
-    samples_per_prompt: int = 4
-    policy_temperature: float = 1.0
-    policy_max_new_tokens: int = 96
-    tokens_per_batch: int = 2048
-    max_samples_per_batch: int = 16
-    dtype: LearnerDtype = LearnerDtype.bf16
-    """Learner dtype (bf16 | fp32); evaluation runs vLLM in bfloat16."""
+    """Init, data order and dropout draws; the corpora are shared."""
+    tokens: int = 1_000_000
+    """Budget: every run of a size gets the FLOPs the baseline layout spends on this many tokens."""
+    batch_docs: int = 32
+    warmup_steps: int = 30
+    weight_decay: float = 0.1
+    ema: float = 0.99
+    """EMA of the weights, evaluated at every checkpoint."""
+    lrs: list[float] = field(default_factory=lambda: [1.0e-3, 3.0e-3, 1.0e-2])
+    """Learning rates swept on the baseline (first seed, `sweep_fraction` of the budget) per size."""
+    sweep_fraction: float = 0.25
+    checkpoints: int = 11
+    """Evaluated checkpoints at sqrt(2) spacing up to the budget (11: 1.5 decades), plus the initial model."""
     feedback_dropout: float = 0.5
-    """Dropout of the ixt_dropout arm."""
-    eval_conditions: list[str] = field(default_factory=lambda: ["positive", "negative", "none"])
-    """Conditions evaluated at the final checkpoint; earlier checkpoints are evaluated "positive" only."""
+    eval_temperature: float = 1.0
+    """Sampled accuracy's temperature (one sample per problem); greedy accuracy is the headline."""
+    targets: list[float] = field(default_factory=lambda: [0.5, 0.8, 0.9])
+    """Pre-registered accuracy targets of the multiplier (and the baseline's final expert loss)."""
+    bootstrap: int = 1000
+    """Hierarchical paired bootstrap resamples (seeds, then problems)."""
     workers: int = 2
-    """Training / evaluation subprocesses at a time (one torch thread each)."""
-    bootstrap: int = 2000
-    """Bootstrap resamples over seeds for confidence intervals."""
-    keep_checkpoints: bool = False
-    """Keep milestone state dicts after evaluation (they are deleted once a run's result is written)."""
+    """Runs at a time (one torch thread each)."""
 
 
 @dataclass

@@ -23,6 +23,7 @@ BACKENDS: dict[str, str] = {
     "hybrid": "ixt_stream.critique.builders:hybrid",
     "sglang": "ixt_stream.critique.builders:sglang",
     "null": "ixt_stream.critique.builders:null",
+    "process": "ixt_stream.critique.process:build",
 }
 
 

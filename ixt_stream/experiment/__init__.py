@@ -1,13 +1,17 @@
-"""`ixt experiment`: reproduce the paper's claim in miniature.
+"""`ixt experiment`: feedback-conditioned pre-training in miniature, with controls and honest statistics.
 
-Arms (baseline, filtered, IXT, label-only, IXT with feedback dropout) x model scales x seeds, all on
-one annotated pool per scale, the same data order and the same token budget; held-out accuracy at
-FLOPs milestones; the compute-efficiency multiplier with bootstrap intervals; plots and a report.
+Arms (baseline, filtered, IXT critique, label-only, shuffled critiques, IXT with feedback dropout)
+x Llama sizes x seeds, pre-trained from scratch at equal FLOPs in one data order on a synthetic
+corpus of worked arithmetic whose authors differ in quality, critiqued by a process verifier behind
+the real reward service; accuracy and expert loss vs FLOPs, the compute multiplier with a
+hierarchical paired bootstrap, plots and a report.
 
-    main.py       the command: plan jobs, run them as subprocesses, write the report
-    data.py       annotated pools (real reward service) and each arm's training order
-    train_run.py  one run in one learner process, state dicts at FLOPs milestones
-    eval_runs.py  one vLLM engine per scale, weights swapped per checkpoint
-    analysis.py   FLOPs, curves, multiplier, bootstrap (numpy only)
-    plots.py, report.py   figures, results.json and report.md
+    main.py       the command: data, lr sweep, pilot gate, runs, report
+    world.py      problems (held out by problem), authors, mixtures, the word tokenizer
+    data.py       corpora critiqued through the reward service; each arm's order and prefix
+    model.py      a Llama from a size config, its loss and EMA
+    train_run.py  one run in one process, measured at sqrt(2)-spaced checkpoints
+    measure.py    greedy/sampled accuracy, expert loss, error kinds
+    analysis.py   FLOPs, monotone curves, multiplier, bootstrap (numpy only)
+    plots.py, report.py   figures, invariants, results.json and report.md
 """

@@ -1,195 +1,198 @@
-"""Curves, the compute-efficiency multiplier and bootstrap intervals: pure numpy, no torch.
+"""FLOPs, monotone curves, the compute multiplier and the hierarchical paired bootstrap: numpy only.
 
-FLOPs are counted as 6 x parameters x training tokens (forward + backward, Kaplan et al.), with
-*all* parameters (the 49k-token embedding dominates a tiny model and its matmul with the output
-head is real work) and *all* tokens of a sequence (feedback prefix and prompt too: they are
-forwarded and back-propagated through even though they carry no loss).
+FLOPs are defined here once, for training (forward + backward = 3 x forward):
 
-The multiplier of an arm over the baseline, on seed-mean curves:
+    flops = 6 N_non_embedding x tokens            every token through every block (prefix included)
+          + 12 L d x pairs                         attention: QK^T and AV, 4 d per (query, key) pair
+                                                   per layer forward; pairs = sum T(T+1)/2 (causal)
+          + 6 d V x loss_tokens                    the LM head, computed on loss tokens only
 
-    target   = the baseline's best mean accuracy
-    F_base   = the FLOPs at which the baseline first reaches it
-    F_arm    = the FLOPs at which the arm first reaches it (linear interpolation between checkpoints)
-    multiplier = F_base / F_arm
+The embedding lookup is free; padding is not counted. The critic's compute is excluded.
 
-An arm that never reaches the target is *censored*: it needs more than its last checkpoint's FLOPs,
-so F_base / F_last is an upper bound and is reported as such. A baseline that never beats its own
-initial accuracy gives no target (status "undefined"). Confidence intervals resample seeds with
-replacement, independently per arm (percentile bootstrap); with three seeds they are coarse.
+The multiplier at a target (an accuracy to reach, or a loss to get below) is C_baseline / C_arm,
+where C is where a curve first reaches the target after it is made monotone (isotonic regression in
+checkpoint order) and interpolated linearly in log-compute. Checkpoints are sqrt(2) apart, so a curve
+shifted by exactly 2x in compute comes out 2.0x (the known-answer test). A curve that never gets
+there gives a bound: an arm that never reaches it, an upper bound (C_base / C_arm_last); a baseline
+that never reaches it, a lower bound; one that is there by its first checkpoint (log-interpolation
+from 0 FLOPs is undefined), the matching bound; neither, "undefined".
 
-Left out: interpolation in log-FLOPs (checkpoints are log-spaced, but a straight line between two
-neighbours is the simpler, documented assumption) and extrapolating a curve past its last point.
+Intervals come from a hierarchical paired bootstrap: resample seeds (the same seeds for both arms:
+a seed fixes init and data order in every arm), then held-out problems (the same problems for both).
+The minimum detectable effect (80% power, 5% two-sided) is 2.8 bootstrap standard deviations, in
+log space for multipliers. Left out: extrapolating curves past the budget, and multiple-comparison
+corrections (the report lists every comparison it makes).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-
-def training_flops(params: int, tokens: float) -> float:
-    """6 x parameters x tokens: one forward (2 N per token) and one backward (4 N per token)."""
-    return 6.0 * float(params) * float(tokens)
+Z_MDE = 2.8  # 1.96 + 0.84
 
 
-def param_counts(vocab_size: int, hidden: int, layers: int, intermediate: int, heads: int, kv_heads: int,
-                 tied: bool = True) -> dict[str, int]:
-    """Parameters of a Llama (no biases, RMSNorm weights): {"total", "embedding", "non_embedding"}.
-
-    `embedding` is the input embedding plus, if untied, the output head. Used to size configs
-    before a model exists; the experiment itself counts the built model's tensors.
-    """
-    head_dim = hidden // heads
-    attention = hidden * hidden * 2 + 2 * hidden * kv_heads * head_dim  # q, o; k, v
-    per_layer = attention + 3 * hidden * intermediate + 2 * hidden  # + gate/up/down + 2 norms
-    embedding = vocab_size * hidden * (1 if tied else 2)
-    non_embedding = layers * per_layer + hidden  # + final norm
-    return {"total": embedding + non_embedding, "embedding": embedding, "non_embedding": non_embedding}
+@dataclass(frozen=True)
+class Shape:
+    non_embedding: int
+    embedding: int
+    layers: int
+    hidden: int
+    vocab: int
 
 
-def on_grid(flops: list[float], accuracy: list[float], grid: np.ndarray) -> np.ndarray:
-    """One run's curve read at `grid` FLOPs (linear between its checkpoints, flat past its ends)."""
-    order = np.argsort(flops)
-    return np.interp(grid, np.asarray(flops, float)[order], np.asarray(accuracy, float)[order])
+def flops(shape: Shape, tokens: int, pairs: int, loss_tokens: int) -> float:
+    """Training FLOPs of `tokens` tokens in sequences with `pairs` causal attention pairs."""
+    return (6.0 * shape.non_embedding * tokens + 12.0 * shape.layers * shape.hidden * pairs
+            + 6.0 * shape.hidden * shape.vocab * loss_tokens)
 
 
-def first_reach(grid: np.ndarray, curve: np.ndarray, target: float) -> float | None:
-    """The FLOPs where `curve` first reaches `target`, linearly interpolated; None if it never does."""
-    hits = np.nonzero(curve >= target)[0]
-    if hits.size == 0:
-        return None
-    i = int(hits[0])
-    if i == 0:
-        return float(grid[0])
-    x0, x1, y0, y1 = grid[i - 1], grid[i], curve[i - 1], curve[i]
-    return float(x0 + (target - y0) / (y1 - y0) * (x1 - x0))
+def sequence_counts(length: int, loss_tokens: int) -> tuple[int, int, int]:
+    """(tokens, pairs, loss_tokens) of one sequence."""
+    return length, length * (length + 1) // 2, loss_tokens
 
 
-@dataclass
+def checkpoint_flops(budget: float, n: int) -> list[float]:
+    """n checkpoints at sqrt(2) spacing ending at the budget (ascending)."""
+    return [budget * 2.0 ** (-(n - 1 - k) / 2) for k in range(n)]
+
+
+def monotone(y, increasing: bool = True) -> np.ndarray:
+    """Isotonic (pool-adjacent-violators) fit of y in index order."""
+    y = np.asarray(y, float) if increasing else -np.asarray(y, float)
+    blocks: list[list[float]] = []  # [mean, weight]
+    for v in y:
+        blocks.append([v, 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            m2, w2 = blocks.pop()
+            m1, w1 = blocks.pop()
+            blocks.append([(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2])
+    out = np.concatenate([np.full(int(w), m) for m, w in blocks])
+    return out if increasing else -out
+
+
+@dataclass(frozen=True)
+class Reach:
+    status: str  # "reached" | "early" (by the first checkpoint) | "never"
+    compute: float  # reached: where; early: the first checkpoint; never: the last checkpoint
+
+
+def reach(compute, curve, target: float, increasing: bool = True) -> Reach:
+    """Where a curve (index 0 = the initial model at 0 FLOPs) first reaches `target`, smoothed and log-interpolated."""
+    c, s = np.asarray(compute, float), monotone(curve, increasing)
+    hit = s >= target if increasing else s <= target
+    if not hit.any():
+        return Reach("never", float(c[-1]))
+    i = int(np.argmax(hit))
+    if i <= 1:
+        return Reach("early", float(c[1]))
+    t = (target - s[i - 1]) / (s[i] - s[i - 1])
+    return Reach("reached", float(math.exp(math.log(c[i - 1]) + t * (math.log(c[i]) - math.log(c[i - 1])))))
+
+
+@dataclass(frozen=True)
 class Multiplier:
-    """F_base / F_arm at the baseline's best accuracy. `value` is None when undefined; when
-    `status` is "censored" it is an upper bound (the arm never reached the target)."""
-
     value: float | None
-    status: str  # "reached" | "censored" (upper bound) | "at_init" (value inf) | "undefined"
-    target_accuracy: float
-    baseline_flops: float | None
-    arm_flops: float | None
+    kind: str  # "exact" | "upper" (true value <= value) | "lower" (>= value) | "undefined"
 
 
-def multiplier(grid: np.ndarray, baseline: np.ndarray, arm: np.ndarray) -> Multiplier:
-    """Compute-efficiency multiplier of `arm` over `baseline`, both mean accuracy on `grid`.
-
-    `grid[0]` is the initial model (0 FLOPs); a target no higher than the baseline's initial
-    accuracy measures nothing, so the result is "undefined". An arm already at the target at
-    0 FLOPs gets value inf, status "at_init" (JSON writers turn inf into null).
-    """
-    grid, baseline, arm = (np.asarray(a, float) for a in (grid, baseline, arm))
-    target = float(baseline.max())
-    if target <= baseline[0] or target <= 0:
-        return Multiplier(None, "undefined", target, None, None)
-    f_base = first_reach(grid, baseline, target)
-    f_arm = first_reach(grid, arm, target)
-    if f_arm is None:
-        return Multiplier(f_base / float(grid[-1]), "censored", target, f_base, None)
-    if f_arm <= 0:  # the arm is at the target before training (e.g. a prefix helps a pretrained model)
-        return Multiplier(float("inf"), "at_init", target, f_base, 0.0)
-    return Multiplier(f_base / f_arm, "reached", target, f_base, f_arm)
+def multiplier(base: Reach, arm: Reach) -> Multiplier:
+    if base.status == "reached" and arm.status == "reached":
+        return Multiplier(base.compute / arm.compute, "exact")
+    if base.status in ("reached", "early") and arm.status == "never":
+        return Multiplier(base.compute / arm.compute, "upper")
+    if base.status == "never" and arm.status in ("reached", "early"):
+        return Multiplier(base.compute / arm.compute, "lower")
+    if base.status == "reached" and arm.status == "early":
+        return Multiplier(base.compute / arm.compute, "lower")
+    if base.status == "early" and arm.status == "reached":
+        return Multiplier(base.compute / arm.compute, "upper")
+    return Multiplier(None, "undefined")
 
 
-def bootstrap_multiplier(grid: np.ndarray, baseline_runs: np.ndarray, arm_runs: np.ndarray,
-                         resamples: int, seed: int = 0) -> dict:
-    """The multiplier on seed means, with a 95% percentile interval over seed resamples.
+def curve_multiplier(compute_base, base, compute_arm, arm, target: float, increasing: bool = True) -> Multiplier:
+    return multiplier(reach(compute_base, base, target, increasing), reach(compute_arm, arm, target, increasing))
+
+
+# -- the hierarchical paired bootstrap ------------------------------------------------------------
+
+
+def _weights(rng: np.random.Generator, n: int) -> np.ndarray:
+    return np.bincount(rng.integers(0, n, n), minlength=n).astype(float)
+
+
+def resample_weights(rng: np.random.Generator, seeds: int, problems: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seed weights, then problem weights (counts of each in one resample)."""
+    return _weights(rng, seeds), _weights(rng, problems)
+
+
+def mean_curve(x: np.ndarray, ws: np.ndarray | None = None, wp: np.ndarray | None = None) -> np.ndarray:
+    """[S, K, P] per-problem values -> [K] weighted mean (no weights: the plain mean)."""
+    s, _, p = x.shape
+    ws = np.ones(s) if ws is None else ws
+    wp = np.ones(p) if wp is None else wp
+    return np.einsum("s,skp,p->k", ws, x, wp) / (ws.sum() * wp.sum())
+
+
+def summarize(values: list[float], point: float, log: bool = False) -> dict:
+    """A point, its 95% percentile interval and the minimum detectable effect from resampled values."""
+    v = np.log(values) if log else np.asarray(values, float)
+    if len(v) < 2:
+        return {"point": point, "ci": None, "mde": None, "resamples": len(v)}
+    lo, hi = np.percentile(v, [2.5, 97.5])
+    sd = float(np.std(v, ddof=1))
+    if log:
+        return {"point": point, "ci": [float(np.exp(lo)), float(np.exp(hi))], "mde": float(np.exp(Z_MDE * sd)),
+                "resamples": len(v)}
+    return {"point": point, "ci": [float(lo), float(hi)], "mde": Z_MDE * sd, "resamples": len(v)}
+
+
+def bootstrap_multiplier(compute_base, base: np.ndarray, compute_arm, arm: np.ndarray, target: float,
+                         increasing: bool, resamples: int, seed: int = 0) -> dict:
+    """The multiplier on mean curves, with a paired interval over (seeds, problems) resamples.
 
     Args:
-        baseline_runs, arm_runs: [seeds, len(grid)] accuracy of each run on the grid.
+        base, arm: [S, K, P] per-problem values (seed s of both arms shares init and data order).
     Returns:
-        asdict(Multiplier) + ci (low, high) over the resamples where it is defined (censored
-        resamples count at their upper bound, at_init ones as inf) + censored_fraction +
-        defined_fraction.
+        point (asdict(Multiplier)), ci/mde over the resamples where it is exact, and the share of
+        resamples of each kind.
     """
-    point = multiplier(grid, baseline_runs.mean(0), arm_runs.mean(0))
+    point = curve_multiplier(compute_base, mean_curve(base), compute_arm, mean_curve(arm), target, increasing)
     rng = np.random.default_rng(seed)
-    values, censored = [], 0
+    values, kinds = [], {"exact": 0, "upper": 0, "lower": 0, "undefined": 0}
     for _ in range(resamples):
-        b = baseline_runs[rng.integers(0, len(baseline_runs), len(baseline_runs))].mean(0)
-        a = arm_runs[rng.integers(0, len(arm_runs), len(arm_runs))].mean(0)
-        m = multiplier(grid, b, a)
-        if m.value is not None:
+        ws, wp = resample_weights(rng, base.shape[0], base.shape[2])
+        m = curve_multiplier(compute_base, mean_curve(base, ws, wp), compute_arm, mean_curve(arm, ws, wp),
+                             target, increasing)
+        kinds[m.kind] += 1
+        if m.kind == "exact":
             values.append(m.value)
-            censored += m.status == "censored"
-    # "nearest": resamples at inf (at_init) make an unbounded end inf, where interpolating gives nan.
-    ci = [float(np.percentile(values, q, method="nearest")) for q in (2.5, 97.5)] if values else None
-    return {**asdict(point), "ci": ci, "censored_fraction": censored / max(len(values), 1),
-            "defined_fraction": len(values) / max(resamples, 1)}
-
-
-def bootstrap_mean(values: np.ndarray, resamples: int, seed: int = 0) -> dict:
-    """Mean over seeds with a 95% percentile interval (values: [seeds])."""
-    values = np.asarray(values, float)
-    rng = np.random.default_rng(seed)
-    means = [values[rng.integers(0, len(values), len(values))].mean() for _ in range(resamples)]
-    return {"mean": float(values.mean()), "ci": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]}
+    stats = summarize(values, point.value, log=True) if point.kind == "exact" else {
+        "point": point.value, "ci": None, "mde": None, "resamples": len(values)}
+    return {**asdict(point), **stats, "kinds": {k: n / max(resamples, 1) for k, n in kinds.items()}}
 
 
 def bootstrap_difference(a: np.ndarray, b: np.ndarray, resamples: int, seed: int = 0) -> dict:
-    """mean(a) - mean(b) over seeds (independent resamples of each) with a 95% interval."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
+    """mean(a) - mean(b) of paired [S, P] values (same seeds, same problems), with CI and MDE."""
+    a3, b3 = a[:, None, :], b[:, None, :]
+    point = float(a.mean() - b.mean())
     rng = np.random.default_rng(seed)
-    diffs = [a[rng.integers(0, len(a), len(a))].mean() - b[rng.integers(0, len(b), len(b))].mean()
-             for _ in range(resamples)]
-    return {"mean": float(a.mean() - b.mean()),
-            "ci": [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]}
+    diffs = []
+    for _ in range(resamples):
+        ws, wp = resample_weights(rng, a.shape[0], a.shape[1])
+        diffs.append(float(mean_curve(a3, ws, wp)[0] - mean_curve(b3, ws, wp)[0]))
+    return summarize(diffs, point)
 
 
-# -- one scale's runs -> its summary --------------------------------------------------------------
-
-
-def summarize_scale(results: list[dict], arms: list[str], grid: np.ndarray, resamples: int) -> dict:
-    """Curves, final accuracies, multipliers, gaps and conditioning gaps of one scale.
-
-    Args:
-        results: per-run payloads (`eval_runs` result files) of this scale.
-        grid: [M] the nominal checkpoint FLOPs, grid[0] = 0 (the initial model).
-    """
-    by_arm = {a: sorted((r for r in results if r["arm"] == a), key=lambda r: r["seed"]) for a in arms}
-    by_arm = {a: rs for a, rs in by_arm.items() if rs}
-    out: dict = {"grid_flops": grid.tolist(), "arms": {}, "multiplier": {}, "final_gap": {}, "conditioning_gap": {}}
-    curves, finals = {}, {}
-    for arm, runs in by_arm.items():
-        curves[arm] = np.stack([on_grid([p["flops"] for p in r["points"]], [p["accuracy"] for p in r["points"]], grid)
-                                for r in runs])
-        finals[arm] = np.array([r["points"][-1]["accuracy"] for r in runs])
-        last = [r["points"][-1]["conditions"] for r in runs]
-        conditions = {c: bootstrap_mean([x[c]["accuracy"] for x in last], resamples)
-                      for c in last[0] if all(c in x for x in last)}
-        out["arms"][arm] = {
-            "seeds": [r["seed"] for r in runs], "mode": runs[0]["mode"],
-            "curves": curves[arm].tolist(), "mean": curves[arm].mean(0).tolist(),
-            "low": curves[arm].min(0).tolist(), "high": curves[arm].max(0).tolist(),
-            "final": bootstrap_mean(finals[arm], resamples), "final_conditions": conditions,
-            "final_strict": bootstrap_mean([r["points"][-1].get("strict_accuracy", np.nan) for r in runs], resamples),
-            "answered": float(np.mean([r["points"][-1]["answered"] for r in runs])),
-            "samples_seen": float(np.mean([r["samples_seen"] for r in runs])),
-            "epochs": float(np.mean([r["epochs"] for r in runs])),
-            "train_seconds": float(np.mean([r["train_seconds"] for r in runs])),
-        }
-        if runs[0]["mode"] != "none" and all({"positive", "negative", "none"} <= set(x) for x in last):
-            pos = np.array([x["positive"]["accuracy"] for x in last])
-            out["conditioning_gap"][arm] = {
-                "positive_minus_negative": bootstrap_mean(pos - [x["negative"]["accuracy"] for x in last], resamples),
-                "positive_minus_none": bootstrap_mean(pos - [x["none"]["accuracy"] for x in last], resamples)}
-    if "baseline" in curves:
-        for arm in curves:
-            if arm != "baseline":
-                out["multiplier"][arm] = bootstrap_multiplier(grid, curves["baseline"], curves[arm], resamples)
-                out["final_gap"][arm] = bootstrap_difference(finals[arm], finals["baseline"], resamples)
-    return out
+def is_null(stat: dict, null: float) -> bool:
+    """The interval contains the null (or there is none)."""
+    return not stat.get("ci") or stat["ci"][0] <= null <= stat["ci"][1]
 
 
 def finite(obj):
-    """A JSON-safe copy: inf / nan become None (json.dumps(allow_nan=False) then holds)."""
+    """A JSON-safe copy: inf / nan become None."""
     if isinstance(obj, dict):
         return {k: finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

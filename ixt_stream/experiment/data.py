@@ -1,72 +1,52 @@
-"""The experiment's data: one annotated pool per response source, and the order every arm reads it.
+"""The experiment's data: corpora critiqued by the real reward service, and the order every arm reads them.
 
-A pool is `num_prompts` training prompts x `samples_per_prompt` responses of mixed quality:
-synthetic ones with controlled error types (offline/synthetic.py) for from-scratch scales, the
-scale's own samples (vLLM, temperature `policy_temperature`), or both for the same prompts (a
-fine-tuned SmolLM2-135M almost never answers right in the asked format, so its own samples alone
-leave nothing for the filtered arm and no good feedback for IXT). Every sample is
-critiqued by the *real* reward service: `ixt serve reward` is started as a subprocess on a free
-port (any `reward.*` backend the overrides choose) and `offline.annotate` streams the pool
-through it with `RewardClient` into resumable JSONL. A finished pool gets a `.done` marker.
+`python -m ixt_stream.experiment.data spec.json` writes one annotated corpus per mixture
+(`world.corpus`): `ixt serve reward reward.backend=process` is started on a free loopback port and
+every document is streamed through it with `RewardClient` (the same gRPC path as the online loop);
+the rows go to `<mixture>.jsonl` in the annotated format (`corpus.annotated_row`), then a `.done`
+marker with the author -> label counts and the digits found in critiques (the leak check: 0).
 
-`arm_stream` is the one place an arm's training order is decided: epoch e shuffles the *whole*
-pool with (seed, e); the filtered arm then drops every sample the critic did not score 1, so
-it reads the same order minus the rest. Epochs repeat until the caller's token budget is spent.
-
-Left out: generating fresh responses as training goes (that is the online loop, `ixt run`) and
-de-duplicating near-identical responses.
+`stream` is the one place an arm's order is decided. Epoch e visits every document in one
+permutation of (seed, e), the same for every arm; the filtered arm skips what the critic did not
+label good (and so repeats the good ones more often), ixt_dropout drops a document's prefix with
+probability `dropout` (a draw per (seed, epoch, document)), shuffled carries document j's critique
+on document i (a fixed permutation: the same tokens, no information). `ARMS` maps an arm to the
+conditioning mode whose text (`condition.format.feedback_text`) forms its prefix.
+Left out: critiquing at train time (the corpora are annotated once) and re-annotating on change.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import logging
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 from ixt_stream import corpus, logs
-from ixt_stream.config import ExperimentConfig, ExperimentScaleConfig, IxtConfig
+from ixt_stream.condition.format import feedback_text
+from ixt_stream.critique.process import UNSEEN_CORRECT
+from ixt_stream.types import Critique, Label, Sample
 
-log = logging.getLogger("ixt.experiment")
-
-ARM_MODES = {"baseline": "none", "filtered": "none", "ixt": "critique", "label": "label", "ixt_dropout": "critique"}
-"""Arm -> `condition.mode` it trains (and is evaluated) under."""
-
-WORKER_ENV = {"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1",
-              "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+ARMS = {"baseline": "none", "filtered": "none", "ixt": "critique", "label": "label", "shuffled": "critique",
+        "ixt_dropout": "critique"}
+"""arm -> the conditioning mode of its prefix."""
+SHUFFLE_SEED = 12_345
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+              "TOKENIZERS_PARALLELISM": "false"}
 
 
 def worker_env() -> dict[str, str]:
     return {**os.environ, **WORKER_ENV}
 
 
-def fingerprint(e: ExperimentConfig, scale: ExperimentScaleConfig) -> str:
-    """What a run's result depends on besides (arm, seed): a rerun with another budget, lr, shape,
-    batch size, task or pool is not mistaken for a finished run."""
-    import hashlib
-    from dataclasses import asdict
-
-    scale_keys = {k: v for k, v in asdict(scale).items() if k != "seeds"}
-    keys = {"scale": scale_keys, "task": asdict(e.task), "k": e.samples_per_prompt, "dtype": e.dtype,
-            "batch": [e.tokens_per_batch, e.max_samples_per_batch], "dropout": e.feedback_dropout,
-            "policy": [e.policy_temperature, e.policy_max_new_tokens]}
-    return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def pool_name(e: ExperimentConfig, scale: ExperimentScaleConfig) -> str:
-    """File stem of a scale's data pool; from-scratch scales with equal sizes share one."""
-    source = "synthetic" if scale.responses == "synthetic" else f"{scale.responses}-{Path(scale.model).name}"
-    return f"{source}-{scale.num_prompts}x{e.samples_per_prompt}"
-
-
-# -- building a pool (in a worker process) ------------------------------------------------------
+# -- critiquing the corpora (a worker process) ------------------------------------------------------
 
 
 def _free_port() -> int:
@@ -75,12 +55,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_reward_service(overrides: list[str], task_names: list[str], log_path: Path) -> tuple[subprocess.Popen, str]:
-    """`ixt serve reward` on a free loopback port; returns (process, "host:port")."""
+def start_reward_service(log_path: Path) -> tuple[subprocess.Popen, str]:
+    """`ixt serve reward reward.backend=process` on a free loopback port; returns (process, "host:port")."""
     port = _free_port()
-    names = "[" + ",".join(task_names) + "]"
-    cmd = [sys.executable, "-m", "ixt_stream.cli", "serve", "reward", *overrides, "reward.host=127.0.0.1",
-           f"reward.port={port}", f"task.names={names}", f"run.run_dir={log_path.parent / 'reward'}"]
+    cmd = [sys.executable, "-m", "ixt_stream.cli", "serve", "reward", "reward.backend=process",
+           "reward.host=127.0.0.1", f"reward.port={port}", f"run.run_dir={log_path.parent / 'reward'}"]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(cmd, stdout=log_path.open("a"), stderr=subprocess.STDOUT, env=worker_env())
     return proc, f"127.0.0.1:{port}"
@@ -96,101 +75,105 @@ def stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
             proc.wait()
 
 
-def _annotate(cfg: IxtConfig, scale: ExperimentScaleConfig, responses: str, output: Path, address: str) -> dict:
-    """One `offline.annotate` run (policy or synthetic responses) into `output`; resumes a partial file."""
-    import dataclasses
+async def critique_all(address: str, docs: list[Sample], output: Path) -> dict:
+    """Every document through the reward service at `address` into `output`; the summary for `.done`."""
+    from ixt_stream.critique.client import RewardClient
 
-    import uvloop
-
-    from ixt_stream.offline.annotate import run_async
-
-    e = cfg.experiment
-    k = e.samples_per_prompt
-    cfg = dataclasses.replace(
-        cfg, task=e.task,
-        model=dataclasses.replace(cfg.model, name=scale.model, tiny=scale.tiny),
-        client=dataclasses.replace(cfg.client, address=address),
-        generator=dataclasses.replace(cfg.generator, samples_per_prompt=k, prompts_per_request=16, threads=1,
-                                      sampling=dataclasses.replace(cfg.generator.sampling,
-                                                                   temperature=e.policy_temperature,
-                                                                   max_new_tokens=e.policy_max_new_tokens)),
-        annotate=dataclasses.replace(cfg.annotate, source="tasks", responses=responses,
-                                     output=str(output), num_samples=scale.num_prompts * k))
-    stats = uvloop.run(run_async(cfg))
-    if stats.failed:
-        raise RuntimeError(f"{stats.failed} samples failed annotation; rerun to resume")
-    return {"written": stats.written, "skipped": stats.skipped, "labels": dict(stats.labels),
-            "seconds": stats.seconds}
-
-
-def build_pool(cfg: IxtConfig, scale: ExperimentScaleConfig, output: Path, address: str) -> dict:
-    """Annotate one pool through the reward service at `address`, then mark it done.
-
-    "policy+synthetic" annotates both kinds for the same prompts into part files and joins them;
-    synthetic sample ids get a `syn-` prefix (both sources number a prompt's samples 0..k-1).
-    """
-    if scale.responses != "policy+synthetic":
-        summary = _annotate(cfg, scale, scale.responses, output, address)
-    else:
-        summary, lines = {}, []
-        for part in ("policy", "synthetic"):
-            path = output.with_name(f"{output.stem}.{part}.jsonl")
-            summary[part] = _annotate(cfg, scale, part, path, address)
-            for sample, critique in corpus.read_annotated(path):
-                if part == "synthetic":
-                    sample = dataclasses.replace(sample, sample_id=f"syn-{sample.sample_id}")
-                lines.append(json.dumps(corpus.annotated_row(sample, critique)) + "\n")
-        output.write_text("".join(lines))
-    Path(f"{output}.done").write_text(json.dumps(summary))
-    return summary
+    rows, confusion = [], Counter()
+    async with RewardClient(address, max_in_flight=64) as client:
+        await client.wait_ready(120)
+        async for result in client.stream(docs):
+            if result.error is not None:
+                raise RuntimeError(f"{result.sample.sample_id}: {result.error}")
+            rows.append(corpus.annotated_row(result.sample, result.critique))
+            confusion[f"{result.sample.metadata['author']}->{result.critique.label.word}"] += 1
+    rows.sort(key=lambda r: r["sample_id"])
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {"documents": len(rows), "author_to_label": dict(sorted(confusion.items())),
+            "critiques_with_digits": sum(bool(re.search(r"\d", r["critique"])) for r in rows),
+            "distinct_critiques": len({r["critique"] for r in rows})}
 
 
 def main(argv: list[str]) -> int:
-    """`python -m ixt_stream.experiment.data <spec.json>`: start the critic, build the pools, stop it."""
+    """`python -m ixt_stream.experiment.data <spec.json>`: start the critic, critique each mixture, stop it."""
+    import uvloop
+
     from ixt_stream.config import load
+    from ixt_stream.experiment import world
 
     spec = json.loads(Path(argv[0]).read_text())
     logs.setup("INFO", "data")
-    cfg = load(spec["overrides"])
-    stem = Path(next(iter(spec["pools"].values()))).stem
-    proc, address = start_reward_service(spec["overrides"], cfg.experiment.task.names,
-                                         Path(spec["log_dir"]) / f"reward-{stem}.log")
+    w = load(spec["overrides"]).experiment.world
+    s = world.split(w.digits, w.eval_problems, w.seed)
+    proc, address = start_reward_service(Path(spec["log_dir"]) / "reward.log")
     try:
-        for name, output in spec["pools"].items():
+        for mixture, output in spec["corpora"].items():
             t0 = time.perf_counter()
-            summary = build_pool(cfg, cfg.experiment.scales[name], Path(output), address)
-            print(f"pool {Path(output).name}: {summary} ({time.perf_counter() - t0:.0f} s)", flush=True)
+            docs = world.corpus(s, mixture, w.num_docs, w.problems_per_doc, w.seed)
+            summary = uvloop.run(critique_all(address, docs, Path(output)))
+            Path(f"{output}.done").write_text(json.dumps(summary))
+            print(f"corpus {mixture}: {summary} ({time.perf_counter() - t0:.0f} s)", flush=True)
     finally:
         stop(proc)
     return 0
 
 
-# -- reading a pool in an arm's order -----------------------------------------------------------
+# -- reading a corpus in an arm's order ------------------------------------------------------------
 
 
-def read_pool(path: Path):
-    """(Sample, Critique) pairs of a finished pool, in file order sorted by sample id (the file
-    order depends on which critiques came back first)."""
+def read_corpus(path: Path) -> list[tuple[Sample, Critique]]:
     return sorted(corpus.read_annotated(path), key=lambda row: row[0].sample_id)
 
 
-def keeps(arm: str, critique) -> bool:
-    """Whether an arm trains on a sample: the filtered arm keeps only what the critic scored 1."""
-    return arm != "filtered" or (critique is not None and critique.score >= 1.0)
+def prefixes(rows: list[tuple[Sample, Critique]], arm: str) -> list[str]:
+    """Each document's feedback text under `arm` (before dropout); "" for arms without feedback."""
+    mode = ARMS[arm]
+    critiques = [c for _, c in rows]
+    if arm == "shuffled":
+        random.Random(SHUFFLE_SEED).shuffle(critiques)
+    return [feedback_text(c.label, c.critique, mode) for c in critiques]
 
 
-def arm_stream(rows: list, arm: str, seed: int) -> Iterator[tuple[int, object, object]]:
-    """(epoch, sample, critique) forever: the pool shuffled per (seed, epoch), filtered per arm."""
-    if not any(keeps(arm, c) for _, c in rows):
-        raise ValueError(f"arm {arm}: the critic scored no sample 1, nothing to train on")
+def inference_prefixes(rows: list[tuple[Sample, Critique]], arm: str) -> dict[str, str]:
+    """condition -> prefix at evaluation: "positive" is the most frequent good feedback in training,
+    exactly as trained; "negative" the most frequent bad one; "unseen" a good paraphrase the critic
+    never writes; "none" no prefix. An arm without feedback has "positive" = no prefix only."""
+    mode = ARMS[arm]
+    if mode == "none":
+        return {"positive": ""}
+
+    def most(label: Label) -> str:
+        return Counter(c.critique for _, c in rows if c.label == label).most_common(1)[0][0]
+
+    out = {"positive": feedback_text(Label.GOOD, most(Label.GOOD), mode),
+           "negative": feedback_text(Label.BAD, most(Label.BAD), mode), "none": ""}
+    if mode == "critique":
+        out["unseen"] = feedback_text(Label.GOOD, UNSEEN_CORRECT, mode)
+    return out
+
+
+def permutation(n: int, seed: int, epoch: int) -> list[int]:
+    order = list(range(n))
+    random.Random(seed * 100_003 + epoch).shuffle(order)
+    return order
+
+
+def stream(rows: list[tuple[Sample, Critique]], arm: str, seed: int, dropout: float) -> Iterator[tuple[int, int, str]]:
+    """(epoch, document index, prefix text) forever, in the arm's order."""
+    texts = prefixes(rows, arm)
+    keep = [arm != "filtered" or c.label == Label.GOOD for _, c in rows]
+    if not any(keep):
+        raise ValueError(f"arm {arm}: the critic labelled no document good, nothing to train on")
     epoch = 0
     while True:
-        order = list(range(len(rows)))
-        random.Random(seed * 100_003 + epoch).shuffle(order)
-        for i in order:
-            sample, critique = rows[i]
-            if keeps(arm, critique):
-                yield epoch, sample, critique
+        for i in permutation(len(rows), seed, epoch):
+            if not keep[i]:
+                continue
+            text = texts[i]
+            if arm == "ixt_dropout" and random.Random(f"{seed}/{epoch}/{i}").random() < dropout:
+                text = ""
+            yield epoch, i, text
         epoch += 1
 
 

@@ -1,21 +1,24 @@
-"""The experiment's figures (matplotlib, Agg backend, PNG): curves, multipliers, conditioning.
+"""The experiment's figures (matplotlib, Agg backend, PNG), drawn from results.json's summary only.
 
-  accuracy_vs_flops.png   one panel per scale: held-out accuracy vs training FLOPs, the seed mean
-                          of each arm as a line and its seed min-max as a band (log FLOPs axis,
-                          so the untrained point at 0 FLOPs is not drawn)
-  multiplier_vs_size.png  compute-efficiency multiplier over the baseline vs total parameters, per
-                          arm, with its bootstrap 95% interval; a censored value (the arm never
-                          reached the baseline's best) is an upper bound, drawn as a down triangle
-  conditioning.png        final accuracy of the conditioned arms under positive / none / negative
-
-Left out: interactive plots and per-task breakdowns.
+On log-compute axes the initial model (0 FLOPs, 0 tokens) is drawn at half the first checkpoint,
+with an open marker, so every curve starts where training starts.
+Left out: interactive plots.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-COLORS = {"baseline": "#444444", "filtered": "#1f77b4", "ixt": "#d62728", "label": "#2ca02c",
+PLOTS = {
+    "curves_flops.png": "greedy accuracy and expert loss vs training FLOPs, per size (initial model included)",
+    "curves_tokens.png": "the same vs data (loss) tokens",
+    "multiplier.png": "multipliers over the baseline vs target (pilot size) and vs size (expert-loss target)",
+    "conditioning.png": "conditioning gaps (positive - negative, positive - none) with the shuffled control",
+    "critic_confusion.png": "the critic: author -> label, per mixture",
+    "error_kinds.png": "error kinds of wrong greedy answers per arm (pilot size, final checkpoint)",
+    "mixtures.png": "filtered vs IXT (and the baseline) across mixtures, pilot size",
+}
+COLORS = {"baseline": "#444444", "filtered": "#1f77b4", "ixt": "#d62728", "label": "#2ca02c", "shuffled": "#9467bd",
           "ixt_dropout": "#ff7f0e"}
 
 
@@ -28,93 +31,154 @@ def _plt():
     return plt
 
 
-def accuracy_vs_flops(summary: dict, path: Path) -> Path:
+def _x(xs: list[float]) -> list[float]:
+    return [xs[1] / 2, *xs[1:]] if len(xs) > 1 else xs
+
+
+def curves(summary: dict, path: Path, axis: str) -> None:
     plt = _plt()
-    scales = list(summary["scales"])
-    fig, axes = plt.subplots(1, len(scales), figsize=(4.2 * len(scales), 3.6), squeeze=False)
-    for ax, name in zip(axes[0], scales, strict=True):
-        s = summary["scales"][name]
-        grid = s["grid_flops"][1:]
-        for arm, a in s["arms"].items():
-            color = COLORS.get(arm)
-            ax.plot(grid, a["mean"][1:], marker="o", ms=3, label=arm, color=color)
-            ax.fill_between(grid, a["low"][1:], a["high"][1:], alpha=0.15, color=color)
-        ax.set_xscale("log")
-        p = s["params"]
-        ax.set_title(f"{name}: {p['non_embedding'] / 1e6:.2f}M non-emb / {p['total'] / 1e6:.1f}M total", fontsize=9)
-        ax.set_xlabel("training FLOPs (6 N D)")
-        ax.set_ylim(-0.02, 1.02)
+    sizes = [n for n, s in summary["sizes"].items() if s.get("arms")]
+    fig, axes = plt.subplots(2, max(len(sizes), 1), figsize=(4.2 * max(len(sizes), 1), 6.4), squeeze=False)
+    for j, name in enumerate(sizes):
+        for arm, a in summary["sizes"][name]["arms"].items():
+            x = _x(a[axis])
+            for i, key in enumerate(("greedy", "expert_loss")):
+                ax = axes[i][j]
+                ax.plot(x[1:], a[key][1:], marker="o", ms=3, label=arm, color=COLORS.get(arm))
+                ax.plot(x[:1], a[key][:1], marker="o", mfc="none", color=COLORS.get(arm))
+                ax.set_xscale("log")
+                ax.grid(alpha=0.3)
+        axes[0][j].set_title(name, fontsize=9)
+        axes[1][j].set_xlabel("training FLOPs" if axis == "flops" else "data tokens")
+    axes[0][0].set_ylabel("held-out greedy accuracy")
+    axes[1][0].set_ylabel("expert-solution loss")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def multiplier(summary: dict, path: Path) -> None:
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    pilot = summary["sizes"].get(summary["pilot_size"], {})
+    for arm, m in pilot.get("multipliers", {}).items():
+        targets = list(m)
+        ys = [m[t]["value"] if m[t]["value"] is not None else float("nan") for t in targets]
+        left.plot(range(len(targets)), ys, marker="o", label=arm, color=COLORS.get(arm))
+        left.set_xticks(range(len(targets)), targets, fontsize=7)
+    left.set_title(f"multiplier vs target ({summary['pilot_size']})", fontsize=9)
+    arms = sorted({a for s in summary["sizes"].values() for a in s.get("multipliers", {})})
+    for arm in arms:
+        xs, ys, lo, hi = [], [], [], []
+        for s in summary["sizes"].values():
+            m = s.get("multipliers", {}).get(arm, {}).get("expert loss")
+            if m and m["value"] is not None:
+                xs.append(next(iter(s["arms"].values()))["shape"]["non_embedding"])
+                ys.append(m["value"])
+                ci = m.get("ci") or [m["value"], m["value"]]
+                lo.append(m["value"] - ci[0])
+                hi.append(ci[1] - m["value"])
+        if xs:
+            right.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=arm, color=COLORS.get(arm))
+    right.set_xscale("log")
+    right.set_xlabel("non-embedding parameters")
+    right.set_title("multiplier vs size (expert-loss target)", fontsize=9)
+    for ax in (left, right):
+        ax.axhline(1.0, color="k", lw=0.8, ls="--")
+        ax.set_ylabel("compute multiplier over baseline")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("held-out accuracy (greedy)")
-    axes[0][-1].legend(fontsize=8)
+        ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    return path
 
 
-def multiplier_vs_size(summary: dict, path: Path) -> Path:
+def conditioning(summary: dict, path: Path) -> None:
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    arms = sorted({a for s in summary["scales"].values() for a in s["multiplier"]})
-    drawn = 0
+    bars = [(n, arm, g) for n, s in summary["sizes"].items() for arm, g in s.get("conditioning", {}).items()]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(bars) + 2), 3.6))
+    for k, key in enumerate(("positive_minus_negative", "positive_minus_none")):
+        xs = [i + (k - 0.5) * 0.35 for i in range(len(bars))]
+        ys = [g[key]["point"] for _, _, g in bars]
+        err = [[g[key]["point"] - g[key]["ci"][0] if g[key].get("ci") else 0 for _, _, g in bars],
+               [g[key]["ci"][1] - g[key]["point"] if g[key].get("ci") else 0 for _, _, g in bars]]
+        ax.bar(xs, ys, width=0.35, yerr=err, capsize=2, label=key.replace("_", " "))
+    ax.set_xticks(range(len(bars)), [f"{n}\n{a}" for n, a, _ in bars], fontsize=7)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_ylabel("greedy accuracy gap (final)")
+    ax.set_title("conditioning gaps; shuffled = negative control", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def critic_confusion(summary: dict, path: Path) -> None:
+    plt = _plt()
+    corpora = summary["corpora"]
+    fig, axes = plt.subplots(1, max(len(corpora), 1), figsize=(3.6 * max(len(corpora), 1), 3.2), squeeze=False)
+    labels = ["good", "mixed", "bad"]
+    for ax, (mixture, c) in zip(axes[0], corpora.items(), strict=False):
+        authors = sorted({k.split("->")[0] for k in c["author_to_label"]})
+        grid = [[c["author_to_label"].get(f"{a}->{lab}", 0) for lab in labels] for a in authors]
+        ax.imshow(grid, cmap="Blues")
+        for i, row in enumerate(grid):
+            for j, v in enumerate(row):
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(3), labels, fontsize=7)
+        ax.set_yticks(range(len(authors)), authors, fontsize=7)
+        ax.set_title(f"{mixture}: author -> critic label", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def error_kinds(summary: dict, path: Path) -> None:
+    plt = _plt()
+    arms = summary["sizes"].get(summary["pilot_size"], {}).get("arms", {})
+    kinds = sorted({k for a in arms.values() for k in a["kinds"]})
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(arms) + 2), 3.4))
+    bottom = [0] * len(arms)
+    for kind in kinds:
+        ys = [a["kinds"].get(kind, 0) for a in arms.values()]
+        ax.bar(range(len(arms)), ys, bottom=bottom, label=kind)
+        bottom = [b + y for b, y in zip(bottom, ys, strict=True)]
+    ax.set_xticks(range(len(arms)), list(arms), fontsize=7)
+    ax.set_ylabel("wrong greedy answers (all seeds)")
+    ax.set_title(f"error kinds ({summary['pilot_size']}, final)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def mixtures(summary: dict, path: Path) -> None:
+    plt = _plt()
+    names = list(summary["mixtures"])
+    arms = [a for a in ("baseline", "filtered", "ixt")
+            if any(a in s.get("arms", {}) for s in summary["mixtures"].values())]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.4 * len(names) + 1.5), 3.4))
     for k, arm in enumerate(arms):
-        for s in summary["scales"].values():
-            m = s["multiplier"].get(arm)
-            if m is None or m["value"] is None:
-                continue
-            x = s["params"]["total"] * (1 + 0.04 * (k - len(arms) / 2))  # small offset per arm
-            marker = "v" if m["status"] == "censored" else "o"
-            drawn += 1
-            if m["ci"] and all(v is not None for v in m["ci"]):
-                lo, hi = m["ci"]
-                ax.errorbar([x], [m["value"]], yerr=[[max(m["value"] - lo, 0)], [max(hi - m["value"], 0)]],
-                            fmt=marker, color=COLORS.get(arm), capsize=3)
-            else:
-                ax.plot([x], [m["value"]], marker, color=COLORS.get(arm))
-        ax.plot([], [], "o", color=COLORS.get(arm), label=arm)
-    ax.axhline(1.0, color="k", lw=0.8, ls="--")
-    if drawn:
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-    else:
-        ax.text(0.5, 0.5, "no multiplier defined\n(the baseline never beat its initial accuracy)",
-                ha="center", va="center", transform=ax.transAxes, fontsize=9)
-    ax.set_xlabel("total parameters (embedding included)")
-    ax.set_ylabel("FLOPs multiplier over baseline")
-    ax.set_title("compute efficiency vs model size (v = upper bound)", fontsize=9)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+        ys = [summary["mixtures"][m].get("arms", {}).get(arm, {}).get("greedy", [0])[-1] for m in names]
+        ax.bar([i + (k - (len(arms) - 1) / 2) * 0.25 for i in range(len(names))], ys, width=0.25, label=arm,
+               color=COLORS.get(arm))
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("final greedy accuracy")
+    ax.set_title(f"filtered vs IXT across mixtures ({summary['pilot_size']})", fontsize=9)
+    ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    return path
-
-
-def conditioning(summary: dict, path: Path) -> Path:
-    plt = _plt()
-    bars = [(name, arm, a["final_conditions"]) for name, s in summary["scales"].items()
-            for arm, a in s["arms"].items() if a["mode"] != "none"]
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(bars) + 1.5), 3.6))
-    for j, condition in enumerate(("positive", "none", "negative")):
-        xs = [i + (j - 1) * 0.27 for i in range(len(bars))]
-        ys = [c.get(condition, {}).get("mean", 0.0) for _, _, c in bars]
-        err = [[max(c[condition]["mean"] - c[condition]["ci"][0], 0) if condition in c else 0 for _, _, c in bars],
-               [max(c[condition]["ci"][1] - c[condition]["mean"], 0) if condition in c else 0 for _, _, c in bars]]
-        ax.bar(xs, ys, width=0.27, yerr=err, capsize=2, label=condition)
-    ax.set_xticks(range(len(bars)), [f"{n}\n{a}" for n, a, _ in bars], fontsize=8)
-    ax.set_ylim(bottom=0)
-    ax.set_ylabel("final held-out accuracy")
-    ax.set_title("conditioning at evaluation (seed mean, 95% CI)", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 def all_plots(summary: dict, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    return [accuracy_vs_flops(summary, folder / "accuracy_vs_flops.png"),
-            multiplier_vs_size(summary, folder / "multiplier_vs_size.png"),
-            conditioning(summary, folder / "conditioning.png")]
+    curves(summary, folder / "curves_flops.png", "flops")
+    curves(summary, folder / "curves_tokens.png", "data_tokens")
+    multiplier(summary, folder / "multiplier.png")
+    conditioning(summary, folder / "conditioning.png")
+    critic_confusion(summary, folder / "critic_confusion.png")
+    error_kinds(summary, folder / "error_kinds.png")
+    mixtures(summary, folder / "mixtures.png")
+    return [folder / p for p in PLOTS]

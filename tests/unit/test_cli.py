@@ -89,7 +89,7 @@ def test_a_bad_value_is_one_line_and_exit_2(capsys, override, message):
 def test_an_error_inside_the_command_that_names_a_field_is_one_line_too(capsys, tmp_path):
     code, _, err = ixt(capsys, "experiment", "experiment.arms=[ixt]", f"experiment.out_dir={tmp_path / 'exp'}")
     assert code == 2 and err == "config error: experiment.arms: need baseline, and only " \
-        "baseline, filtered, ixt, label, ixt_dropout (got ['ixt'])\n"
+        "baseline, filtered, ixt, label, shuffled, ixt_dropout (got ['ixt'])\n"
     assert (tmp_path / "exp" / ".hydra" / "experiment" / "config.yaml").exists()  # its run folder
     assert os.listdir(tmp_path) == ["exp"]
 

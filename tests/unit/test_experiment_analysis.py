@@ -1,159 +1,104 @@
-"""`ixt experiment` arithmetic: FLOPs counting, curve interpolation, the multiplier and its bootstrap."""
+"""The experiment's analysis: the FLOPs formula, monotone curves, bounds, and the known-answer test
+(curves shifted by exactly 2x in compute come out 2.0x, with and without sampling noise)."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
 
 from ixt_stream.experiment import analysis
-from ixt_stream.experiment.train_run import count_params, milestone_tokens
+from ixt_stream.experiment.analysis import Reach, Shape
 
-GRID = np.array([0.0, 1.0, 2.0, 4.0, 8.0])
-
-
-# -- FLOPs and parameters -------------------------------------------------------------------------
+SHAPE = Shape(non_embedding=1000, embedding=50, layers=2, hidden=8, vocab=25)
 
 
-def test_training_flops_is_six_n_d():
-    assert analysis.training_flops(1_000, 10) == 60_000
-    assert analysis.training_flops(3_400_000, 0) == 0
+def test_flops_charge_blocks_attention_pairs_and_the_head_on_loss_tokens_only():
+    tokens, pairs, loss = analysis.sequence_counts(10, 4)
+    assert (tokens, pairs, loss) == (10, 55, 4)
+    assert analysis.flops(SHAPE, tokens, pairs, loss) == 6 * 1000 * 10 + 12 * 2 * 8 * 55 + 6 * 8 * 25 * 4
+    # a prefix token costs the blocks and attention, never the head
+    longer = analysis.flops(SHAPE, *analysis.sequence_counts(11, 4))
+    assert longer - analysis.flops(SHAPE, tokens, pairs, loss) == 6 * 1000 + 12 * 2 * 8 * 11
 
 
-def test_param_counts_match_a_built_llama():
-    torch = pytest.importorskip("torch")
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    shape = dict(hidden=128, layers=2, intermediate=256, heads=2, kv_heads=1)
-    config = LlamaConfig(vocab_size=1000, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    built = count_params(model, vocab_size=1000)
-    assert built == analysis.param_counts(1000, **shape)
-    assert built["embedding"] == 1000 * 128  # tied: counted once
-    assert built["total"] == built["embedding"] + built["non_embedding"]
+def test_checkpoints_are_sqrt2_apart_and_end_at_the_budget():
+    marks = analysis.checkpoint_flops(1e12, 11)
+    assert marks[-1] == pytest.approx(1e12) and len(marks) == 11
+    assert np.allclose(np.diff(np.log(marks)), math.log(2) / 2)
+    assert marks[-1] / marks[0] >= 10 ** 1.5 - 1e-6  # 1.5 decades
 
 
-def test_milestones_are_log2_spaced_up_to_the_budget():
-    assert milestone_tokens(64_000, 4) == [8_000, 16_000, 32_000, 64_000]
-    assert milestone_tokens(1000, 1) == [1000]
+def test_monotone_is_isotonic_in_both_directions():
+    assert analysis.monotone([0.0, 0.3, 0.2, 0.5]).tolist() == pytest.approx([0.0, 0.25, 0.25, 0.5])
+    assert analysis.monotone([3.0, 2.0, 2.5, 1.0], increasing=False).tolist() == pytest.approx([3.0, 2.25, 2.25, 1.0])
 
 
-# -- interpolation --------------------------------------------------------------------------------
+def logistic(c):
+    return 1 / (1 + np.exp(-(np.log(c) - math.log(2e10)) * 1.5))
 
 
-def test_first_reach_interpolates_linearly_between_checkpoints():
-    curve = np.array([0.0, 0.2, 0.4, 0.6, 0.8])
-    assert analysis.first_reach(GRID, curve, 0.3) == pytest.approx(1.5)
-    assert analysis.first_reach(GRID, curve, 0.5) == pytest.approx(3.0)
-    assert analysis.first_reach(GRID, curve, 0.8) == pytest.approx(8.0)
-    assert analysis.first_reach(GRID, curve, 0.9) is None
-    assert analysis.first_reach(GRID, curve, 0.0) == 0.0
+def grid(n=12):
+    return np.array([0.0, *analysis.checkpoint_flops(1e11, n - 1)])
 
 
-def test_first_reach_takes_the_first_crossing_of_a_non_monotone_curve():
-    curve = np.array([0.0, 0.5, 0.1, 0.6, 0.6])
-    assert analysis.first_reach(GRID, curve, 0.4) == pytest.approx(0.8)
+def test_known_answer_a_curve_shifted_by_2x_in_compute_comes_out_2x():
+    c = grid()
+    base = np.concatenate([[0.0], logistic(c[1:])])
+    arm = np.concatenate([[0.0], logistic(2 * c[1:])])  # the arm gets at 2C what the baseline gets at C
+    for target in (0.3, 0.5, 0.8):
+        m = analysis.curve_multiplier(c, base, c, arm, target)
+        assert m.kind == "exact" and m.value == pytest.approx(2.0, rel=1e-9)
+    loss_base, loss_arm = 3 - 2 * base, 3 - 2 * arm
+    m = analysis.curve_multiplier(c, loss_base, c, loss_arm, 3 - 2 * 0.6, increasing=False)
+    assert m.kind == "exact" and m.value == pytest.approx(2.0, rel=1e-9)
 
 
-def test_on_grid_reads_a_run_at_nominal_flops():
-    got = analysis.on_grid([0, 1.1, 2.05, 4.1, 8.2], [0, 0.1, 0.2, 0.4, 0.8], GRID)
-    assert got[0] == 0 and got[-1] == pytest.approx(0.4 + 0.4 * (8 - 4.1) / (8.2 - 4.1))
-    assert np.all(np.diff(got) >= 0)
+def test_known_answer_survives_sampling_noise_in_the_bootstrap():
+    """Per-problem right/wrong drawn at the curve's probability: the interval holds 2.0 and excludes 1."""
+    rng = np.random.default_rng(0)
+    c = grid()
+    p_base = np.concatenate([[0.0], logistic(c[1:])])
+    p_arm = np.concatenate([[0.0], logistic(2 * c[1:])])
+    draws = rng.random((3, len(c), 2000))
+    base, arm = (draws < p_base[None, :, None]).astype(float), (draws < p_arm[None, :, None]).astype(float)
+    m = analysis.bootstrap_multiplier(c, base, c, arm, 0.5, True, resamples=200)
+    assert m["kind"] == "exact" and m["point"] == pytest.approx(2.0, rel=0.1)
+    assert m["ci"][0] <= 2.0 <= m["ci"][1] and m["ci"][0] > 1.0 and m["mde"] > 1.0
 
 
-# -- the multiplier -------------------------------------------------------------------------------
+def test_bounds_when_a_curve_never_gets_there_or_is_there_at_once():
+    c = grid()
+    rising = np.concatenate([[0.0], logistic(c[1:])])
+    flat = np.zeros_like(rising)
+    up = analysis.curve_multiplier(c, rising, c, flat, 0.5)
+    assert up.kind == "upper" and up.value == pytest.approx(analysis.reach(c, rising, 0.5).compute / c[-1])
+    assert analysis.curve_multiplier(c, flat, c, rising, 0.5).kind == "lower"
+    assert analysis.curve_multiplier(c, flat, c, flat, 0.5) == analysis.Multiplier(None, "undefined")
+    at_once = np.concatenate([[0.0], np.ones(len(c) - 1)])
+    assert analysis.reach(c, at_once, 0.5) == Reach("early", c[1])
+    assert analysis.curve_multiplier(c, rising, c, at_once, 0.5).kind == "lower"
 
 
-def test_multiplier_of_a_curve_shifted_by_half_the_compute_is_two():
-    base = np.array([0.0, 0.1, 0.2, 0.4, 0.8])  # best 0.8 at 8 FLOPs
-    arm = np.array([0.0, 0.2, 0.4, 0.8, 0.9])  # reaches 0.8 at 4 FLOPs
-    m = analysis.multiplier(GRID, base, arm)
-    assert m.status == "reached" and m.value == pytest.approx(2.0)
-    assert m.target_accuracy == pytest.approx(0.8) and m.baseline_flops == 8.0 and m.arm_flops == 4.0
+def test_a_dip_does_not_count_as_reaching_the_target_twice():
+    c = grid(6)
+    noisy = np.array([0.0, 0.2, 0.6, 0.4, 0.7, 0.9])  # smoothed: 0, .2, .5, .5, .7, .9
+    r = analysis.reach(c, noisy, 0.6)
+    assert r.status == "reached" and c[3] < r.compute < c[4]
 
 
-def test_multiplier_below_one_when_the_arm_is_slower():
-    base = np.array([0.0, 0.3, 0.6, 0.6, 0.6])  # best 0.6 first at 2
-    arm = np.array([0.0, 0.1, 0.2, 0.3, 0.6])  # reaches 0.6 at 8
-    m = analysis.multiplier(GRID, base, arm)
-    assert m.status == "reached" and m.value == pytest.approx(0.25)
-
-
-def test_multiplier_is_an_upper_bound_when_the_arm_never_reaches_the_target():
-    base = np.array([0.0, 0.2, 0.5, 0.5, 0.5])
-    arm = np.array([0.0, 0.1, 0.2, 0.3, 0.4])
-    m = analysis.multiplier(GRID, base, arm)
-    assert m.status == "censored" and m.value == pytest.approx(2.0 / 8.0) and m.arm_flops is None
-
-
-def test_multiplier_undefined_when_the_baseline_never_improves():
-    m = analysis.multiplier(GRID, np.zeros(5), np.array([0.0, 0.5, 0.5, 0.5, 0.5]))
-    assert m.status == "undefined" and m.value is None
-
-
-def test_multiplier_at_init_is_infinite_and_serialises_as_null():
-    base = np.array([0.1, 0.2, 0.3, 0.3, 0.3])
-    arm = np.array([0.4, 0.4, 0.4, 0.4, 0.4])
-    m = analysis.multiplier(GRID, base, arm)
-    assert m.status == "at_init" and math.isinf(m.value)
-    assert json.loads(json.dumps(analysis.finite({"v": m.value}), allow_nan=False)) == {"v": None}
-
-
-def test_bootstrap_multiplier_interval_contains_the_point_and_is_exact_for_identical_seeds():
-    base = np.tile([0.0, 0.1, 0.2, 0.4, 0.8], (3, 1))
-    arm = np.tile([0.0, 0.2, 0.4, 0.8, 0.9], (3, 1))
-    out = analysis.bootstrap_multiplier(GRID, base, arm, resamples=50)
-    assert out["value"] == pytest.approx(2.0) and out["ci"] == pytest.approx([2.0, 2.0])
+def test_paired_difference_and_its_mde():
     rng = np.random.default_rng(1)
-    noisy = np.clip(arm + rng.normal(0, 0.05, arm.shape), 0, 1)
-    out = analysis.bootstrap_multiplier(GRID, base, noisy, resamples=200)
-    assert out["ci"][0] <= out["value"] <= out["ci"][1]
-    assert out["defined_fraction"] == 1.0
+    a = (rng.random((3, 1000)) < 0.6).astype(float)
+    b = (rng.random((3, 1000)) < 0.5).astype(float)
+    d = analysis.bootstrap_difference(a, b, resamples=300)
+    assert d["point"] == pytest.approx(a.mean() - b.mean())
+    assert d["ci"][0] < d["point"] < d["ci"][1] and not analysis.is_null(d, 0.0)
+    same = analysis.bootstrap_difference(a, a, resamples=50)
+    assert same["point"] == 0 and same["ci"] == [0.0, 0.0] and analysis.is_null(same, 0.0)
 
 
-def test_bootstrap_difference_and_mean():
-    d = analysis.bootstrap_difference(np.array([0.5, 0.5]), np.array([0.2, 0.2]), resamples=20)
-    assert d["mean"] == pytest.approx(0.3) and d["ci"] == pytest.approx([0.3, 0.3])
-    m = analysis.bootstrap_mean(np.array([0.0, 1.0]), resamples=200)
-    assert m["mean"] == 0.5 and 0.0 <= m["ci"][0] <= m["ci"][1] <= 1.0
-
-
-# -- one scale's summary --------------------------------------------------------------------------
-
-
-def _result(arm: str, seed: int, accs: list[float], mode: str = "none") -> dict:
-    points = [{"flops": f, "accuracy": a, "answered": 1.0, "conditions": {"positive": {"accuracy": a}}}
-              for f, a in zip(GRID, accs, strict=True)]
-    points[-1]["conditions"] = {"positive": {"accuracy": accs[-1]}, "negative": {"accuracy": 0.0},
-                                "none": {"accuracy": accs[-1] / 2}}
-    return {"arm": arm, "seed": seed, "mode": mode, "points": points, "samples_seen": 10, "epochs": 1,
-            "train_seconds": 1.0}
-
-
-def test_summarize_scale_gives_multipliers_gaps_and_conditioning():
-    results = [_result("baseline", s, [0, 0.1, 0.2, 0.4, 0.8]) for s in range(3)]
-    results += [_result("ixt", s, [0, 0.2, 0.4, 0.8, 0.9], mode="critique") for s in range(3)]
-    s = analysis.summarize_scale(results, ["baseline", "ixt", "label"], GRID, resamples=50)
-    assert set(s["arms"]) == {"baseline", "ixt"}  # no label runs: left out, not invented
-    assert s["multiplier"]["ixt"]["value"] == pytest.approx(2.0)
-    assert s["final_gap"]["ixt"]["mean"] == pytest.approx(0.1)
-    cg = s["conditioning_gap"]["ixt"]
-    assert cg["positive_minus_negative"]["mean"] == pytest.approx(0.9)
-    assert cg["positive_minus_none"]["mean"] == pytest.approx(0.45)
-    assert "baseline" not in s["conditioning_gap"]
-    json.dumps(analysis.finite(s), allow_nan=False)
-
-
-def test_bootstrap_interval_is_unbounded_not_nan_when_resamples_start_at_the_target():
-    """Seeds where the arm starts at or above the baseline's best give inf resamples: the interval's
-    upper end must then be inf (unbounded), never nan."""
-    grid = np.array([0.0, 1.0, 2.0])
-    base = np.array([[0.2, 0.3, 0.4], [0.2, 0.25, 0.26]])
-    arm = np.array([[0.1, 0.2, 0.45], [0.3, 0.3, 0.3]])
-    out = analysis.bootstrap_multiplier(grid, base, arm, resamples=400)
-    assert out["ci"] is not None and not any(math.isnan(x) for x in out["ci"])
-    assert math.isinf(out["ci"][1]) and out["ci"][0] <= out["ci"][1]
+def test_finite_turns_inf_and_nan_into_none():
+    assert analysis.finite({"a": [float("inf"), 1.0, np.float64("nan")], "b": np.int64(3)}) == {"a": [None, 1.0, None],
+                                                                                                  "b": 3}
