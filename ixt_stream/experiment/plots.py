@@ -31,6 +31,13 @@ def _plt():
     return plt
 
 
+def _save(fig, path: Path) -> None:
+    """Lay out, write and release one figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+
+
 def _x(xs: list[float]) -> list[float]:
     return [xs[1] / 2, *xs[1:]] if len(xs) > 1 else xs
 
@@ -53,9 +60,7 @@ def curves(summary: dict, path: Path, axis: str) -> None:
     axes[0][0].set_ylabel("held-out greedy accuracy")
     axes[1][0].set_ylabel("expert-solution loss")
     axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def multiplier(summary: dict, path: Path) -> None:
@@ -89,9 +94,7 @@ def multiplier(summary: dict, path: Path) -> None:
         ax.set_ylabel("compute multiplier over baseline")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def conditioning(summary: dict, path: Path) -> None:
@@ -109,9 +112,7 @@ def conditioning(summary: dict, path: Path) -> None:
     ax.set_ylabel("greedy accuracy gap (final)")
     ax.set_title("conditioning gaps; shuffled = negative control", fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def critic_confusion(summary: dict, path: Path) -> None:
@@ -129,9 +130,7 @@ def critic_confusion(summary: dict, path: Path) -> None:
         ax.set_xticks(range(3), labels, fontsize=7)
         ax.set_yticks(range(len(authors)), authors, fontsize=7)
         ax.set_title(f"{mixture}: author -> critic label", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def error_kinds(summary: dict, path: Path) -> None:
@@ -148,9 +147,7 @@ def error_kinds(summary: dict, path: Path) -> None:
     ax.set_ylabel("wrong greedy answers (all seeds)")
     ax.set_title(f"error kinds ({summary['pilot_size']}, final)", fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def mixtures(summary: dict, path: Path) -> None:
@@ -167,9 +164,7 @@ def mixtures(summary: dict, path: Path) -> None:
     ax.set_ylabel("final greedy accuracy")
     ax.set_title(f"filtered vs IXT across mixtures ({summary['pilot_size']})", fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def all_plots(summary: dict, folder: Path) -> list[Path]:

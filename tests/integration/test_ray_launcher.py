@@ -16,17 +16,10 @@ from ixt_stream.ledger import Ledger
 from ixt_stream.online import ray_launcher
 from ixt_stream.online.main_job import wait_for_learner
 from tests.conftest import free_port
+from tests.integration.test_online_faults import _wait
 from tests.integration.test_online_loop import _live_processes_mentioning, _overrides
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
-
-
-def _wait(pred, timeout_s: float, what: str) -> None:
-    deadline = time.time() + timeout_s
-    while not pred():
-        if time.time() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.5)
 
 
 def test_ray_places_the_stack_with_a_two_rank_learner(tmp_path, tiny_model_dir):
