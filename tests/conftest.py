@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -40,10 +41,25 @@ def tokenizer(smollm2_dir):
     return models.load_tokenizer(smollm2_dir)
 
 
+_HANDED_OUT: set[int] = set()
+_PICK = random.Random(os.getpid())
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port that binds now, below the kernel's ephemeral range (32768+): a port the kernel hands
+    out for bind(0) can be taken by any outgoing connection (a ZeroMQ reconnect) before the
+    service it was meant for binds it (CI saw torchrun's store fail with EADDRINUSE that way)."""
+    while True:
+        port = _PICK.randrange(20000, 32000)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
 
 
 @pytest.fixture

@@ -105,9 +105,13 @@ def test_two_gloo_ranks_train_as_one_and_only_rank_0_touches_the_stream(tmp_path
         assert b["train/loss"] == pytest.approx(a["train/loss"], rel=1e-5, abs=1e-6)
         assert b["train/grad_norm"] == pytest.approx(a["train/grad_norm"], rel=1e-4)
     assert one[-1]["train/loss"] < one[0]["train/loss"]  # it trained: a loss that moves, not a constant
-    w1, w2 = _weights(tmp_path / "run1"), _weights(tmp_path / "run2")
+    w0, w1, w2 = _weights(Path(tiny_model_dir)), _weights(tmp_path / "run1"), _weights(tmp_path / "run2")
     assert w1.keys() == w2.keys()
-    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 1e-5
+    # Adam divides by sqrt(v): a gradient near zero turns fp32 rounding in the rank split into an update
+    # difference of a few 1e-6, so the bound is relative to how far training moved the weights.
+    moved = max(float((w1[k] - w0[k]).abs().max()) for k in w1)
+    drift = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
+    assert moved > 1e-3 and drift < 0.01 * moved, (moved, drift)
     assert all(r["weights/version"] == r["train/step"] // 2 for r in two)
 
     # -- only rank 0 opened sockets or the ledger; both ranks ran ---------------------------------
