@@ -10,7 +10,7 @@ Built from plain parameters, so `ixt train` and the online loop construct it the
 
 Choices:
 - One process by default. DeepSpeed without a launcher looks for MPI unless RANK, WORLD_SIZE,
-  MASTER_ADDR, ... are set; missing ones are filled in for a single rank (a free MASTER_PORT).
+  MASTER_ADDR, ... are set; missing ones are filled in for a single rank (MASTER_PORT 0: the store picks its own).
   Under torchrun it runs data-parallel: each rank passes its share of the step (`update.ranks`
   splits a group) and `train_step` makes the one-rank update on the whole group (the loss is
   the mean over all ranks' loss tokens, not a mean of per-rank means).
@@ -38,7 +38,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import socket
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -54,14 +53,12 @@ log = logging.getLogger(__name__)
 
 
 def _single_process_env() -> None:
-    """Fill in the launcher's variables for one rank, so DeepSpeed uses gloo instead of MPI."""
+    """Fill in the launcher's variables for one rank, so DeepSpeed uses gloo instead of MPI.
+    Port 0: the rank's own store binds a free port itself; a port picked here and bound later can be
+    taken in between by any outgoing connection (seen in CI: EADDRINUSE under ZeroMQ reconnects)."""
     for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
-                       ("MASTER_ADDR", "127.0.0.1")):
+                       ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "0")):
         os.environ.setdefault(key, value)
-    if "MASTER_PORT" not in os.environ:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
 

@@ -29,6 +29,16 @@ def _learner_step(run_dir) -> int:
     return int(metrics.read_status(run_dir, "learner").get("train/step", 0))
 
 
+def _nonces(db_path) -> dict[str, list[int]]:
+    """generator-1's samples by process (the id nonce) -> the weight versions they came from."""
+    with sqlite3.connect(db_path) as db:
+        rows = db.execute("SELECT sample_id, weight_version FROM samples WHERE generator_id = 'generator-1'")
+        out: dict[str, list[int]] = {}
+        for sid, version in rows.fetchall():
+            out.setdefault(sid.split("-")[2], []).append(version)
+    return out
+
+
 def _wait(pred, timeout_s: float, what: str) -> None:
     deadline = time.time() + timeout_s
     while not pred():
@@ -68,12 +78,19 @@ def test_backpressure_staleness_and_generator_restart(tmp_path, tiny_model_dir):
         assert in_flight < 2000, in_flight
 
         # -- kill -9 a generator, restart it: it catches up to the newest version first ----------
-        os.killpg(pids["generator-1"], signal.SIGKILL)
-        _wait(lambda: not any(r["alive"] for r in supervisor.status(run_dir) if r["name"] == "generator-1"),
-              10, "generator-1 did not die")
-        version_at_restart = _learner_step(run_dir)  # sync_every=1: version == learner step
-        restarted = supervisor.up(cfg.run.run_dir, supervisor.stack(cfg, overrides))
-        assert list(restarted) == ["generator-1"]  # only the dead one is started again
+        # generator-0 is paused meanwhile, so the learner cannot finish on its samples alone before
+        # the restarted process (a new id nonce) has produced any
+        os.killpg(pids["generator-0"], signal.SIGSTOP)
+        try:
+            os.killpg(pids["generator-1"], signal.SIGKILL)
+            _wait(lambda: not any(r["alive"] for r in supervisor.status(run_dir) if r["name"] == "generator-1"),
+                  10, "generator-1 did not die")
+            version_at_restart = _learner_step(run_dir)  # sync_every=1: version == learner step
+            restarted = supervisor.up(cfg.run.run_dir, supervisor.stack(cfg, overrides))
+            assert list(restarted) == ["generator-1"]  # only the dead one is started again
+            _wait(lambda: len(_nonces(db)) == 2, 240, "the restarted generator-1 produced nothing")
+        finally:
+            os.killpg(pids["generator-0"], signal.SIGCONT)
         summary = wait_for_learner(cfg, overrides, poll_s=2.0)
     finally:
         supervisor.down(cfg.run.run_dir, grace_s=20)
@@ -82,10 +99,7 @@ def test_backpressure_staleness_and_generator_restart(tmp_path, tiny_model_dir):
         rows = con.execute("SELECT sample_id, generator_id, weight_version, state, step FROM samples").fetchall()
     # the restarted process (a new id nonce) produced samples, all from a version at least as new
     # as the one published when it started: it applied LATEST before its first engine call
-    nonces = {}
-    for sid, gen, version, *_ in rows:
-        if gen == "generator-1":
-            nonces.setdefault(sid.split("-")[2], []).append(version)
+    nonces = _nonces(db)
     assert len(nonces) == 2, nonces.keys()
     first_run, second_run = sorted(nonces.values(), key=min)
     assert min(second_run) >= version_at_restart >= 1
