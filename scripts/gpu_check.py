@@ -5,7 +5,9 @@ Runs, on one CUDA device (or the CPU with --dry, tiny sizes):
   2. IXT conditioning + collate + loss on CUDA tensors, checked against the same loss on the CPU;
   3. the DeepSpeed learner (bf16, ZeRO-0 and ZeRO-3 on one GPU) training a SmolLM2-135M-shaped
      model with IXT-conditioned batches: tokens/s and model FLOPs utilisation (6 x params x tokens);
-  4. weight gather (`full_state_dict`) + serialise (safetensors bytes) time.
+  4. weight gather (`full_state_dict`) + serialise (safetensors bytes) time;
+  5. with >= 2 GPUs, the multi-rank learner: 1 rank vs all of them on the same groups (same
+     losses, step time; scripts/gpu_check_ranks.py).
 Prints a table last; writes results.json to the output folder.
 
 vLLM and SGLang cannot be installed on that machine (no network; tree + carried files <= 64 MiB),
@@ -20,6 +22,7 @@ import argparse
 import json
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -131,6 +134,33 @@ def train(model_dir: Path, zero: int, samples, pad_id: int, steps: int, per_batc
     return out
 
 
+def check_ranks(model_dir: Path, out: Path, dry: bool, steps: int) -> dict | None:
+    """The multi-rank learner: 1 rank vs every GPU here (2 gloo ranks with --dry) on the same groups,
+    each rank training its token-balanced share (scripts/gpu_check_ranks.py under torchrun).
+    None with fewer than 2 GPUs."""
+    world = 2 if dry else torch.cuda.device_count()
+    if world < 2:
+        return None
+    dtype, per_batch = ("fp32", 4) if dry else ("bf16", 64)
+    runs = {}
+    for n in (1, world):
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={n}",
+               f"--master-port={29900 + n}", str(Path(__file__).with_name("gpu_check_ranks.py")), str(out),
+               "--model-dir", str(model_dir), "--dtype", dtype, "--steps", str(steps), "--per-batch", str(per_batch)]
+        subprocess.run(cmd, check=True, timeout=300)
+        runs[n] = json.loads((out / f"ranks-{n}.json").read_text())
+    one, many = runs[1]["rows"], runs[world]["rows"]
+    rel = max(abs(a["loss"] - b["loss"]) / abs(a["loss"]) for a, b in zip(one, many, strict=True))
+    same_tokens = [a["tokens"] for a in one] == [b["tokens"] for b in many]
+
+    def step_s(rows: list) -> float:
+        return sorted(r["step_s"] for r in rows)[len(rows) // 2]
+
+    return {"world": world, "dtype": dtype, "loss_1": [r["loss"] for r in one], "loss_n": [r["loss"] for r in many],
+            "max_rel_loss_diff": rel, "step_s_1": step_s(one), "step_s_n": step_s(many),
+            "ok": same_tokens and rel < (1e-4 if dtype == "fp32" else 2e-2)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
@@ -168,6 +198,7 @@ def main() -> int:
             r = train(model_dir, zero, samples, pad_id, steps, per_batch)
             r["mfu_vs_measured_bf16_peak"] = r["flops_per_s"] / results["peak_bf16_flops"]
             results["train"].append(r)
+        results["ranks"] = check_ranks(model_dir, out, args.dry, steps)
     (out / "results.json").write_text(json.dumps(results, indent=2))
 
     print(f"\n== ixt-stream GPU check on {results['device']} (torch {results['torch']})")
@@ -182,8 +213,15 @@ def main() -> int:
         print(f"{'bf16 ZeRO-' + str(r['zero_stage']):<14}{r['params'] / 1e6:>9.1f}M{r['tokens_per_s']:>12.0f}"
               f"{r['flops_per_s'] / 1e12:>10.2f}{100 * r['mfu_vs_measured_bf16_peak']:>7.1f}%"
               f"{r['loss_first']:>8.3f}->{r['loss_last']:<7.3f}{r['gather_s']:>10.3f}{r['serialise_s']:>8.3f}")
+    rk = results["ranks"]
+    if rk is None:
+        print("multi-rank learner: skipped (fewer than 2 GPUs here)")
+    else:
+        print(f"multi-rank learner ({rk['dtype']} ZeRO-3): 1 rank {rk['step_s_1']:.3f} s/step, {rk['world']} ranks "
+              f"{rk['step_s_n']:.3f} s/step; loss max rel diff {rk['max_rel_loss_diff']:.1e} -> "
+              f"{'OK' if rk['ok'] else 'MISMATCH'}")
     print(f"-> {out / 'results.json'}")
-    return 0 if lc["ok"] else 1
+    return 0 if lc["ok"] and (rk is None or rk["ok"]) else 1
 
 
 if __name__ == "__main__":
