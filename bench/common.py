@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,17 +16,13 @@ import threading
 import time
 from pathlib import Path
 
+from ixt_stream.net import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DS_ACCELERATOR": "cpu",
        "TOKENIZERS_PARALLELISM": "false"}
 for _k, _v in ENV.items():
     os.environ.setdefault(_k, _v)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def workdir(name: str) -> Path:

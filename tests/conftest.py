@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import signal
-import socket
 import subprocess
 
 import pytest
+
+from ixt_stream import net
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -41,25 +41,7 @@ def tokenizer(smollm2_dir):
     return models.load_tokenizer(smollm2_dir)
 
 
-_HANDED_OUT: set[int] = set()
-_PICK = random.Random(os.getpid())
-
-
-def free_port() -> int:
-    """A port that binds now, below the kernel's ephemeral range (32768+): a port the kernel hands
-    out for bind(0) can be taken by any outgoing connection (a ZeroMQ reconnect) before the
-    service it was meant for binds it (CI saw torchrun's store fail with EADDRINUSE that way)."""
-    while True:
-        port = _PICK.randrange(20000, 32000)
-        if port in _HANDED_OUT:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _HANDED_OUT.add(port)
-        return port
+free_port = net.free_port
 
 
 @pytest.fixture

@@ -71,7 +71,8 @@ class Rejected(ValueError):
 class InferenceFeedback:
     """The feedback a model is conditioned on at inference: critiques it was trained on.
 
-    `positive` (`negative`) is the critique most often trained with label good (bad); `unseen` is an
+    `positive` (`negative`) is the critique most often trained with label good (bad) at the best
+    (worst) score that label was trained with; `unseen` is an
     optional positive paraphrase the critic never writes, evaluated as a probe of generalisation.
     """
 
@@ -86,18 +87,31 @@ class InferenceFeedback:
 
 
 class FeedbackCounter:
-    """Counts the (label, critique) pairs a model trains on; picks the inference feedback."""
+    """Counts the (label, score, critique) triples a model trains on; picks the inference feedback.
+
+    Positive is the most frequent critique among the *best-scored* good samples, negative among the
+    worst-scored bad ones: the most frequent good critique overall can be a lukewarm one (measured:
+    "correct, but the answer tags are missing", which then asked every prompt for no tags).
+    """
 
     def __init__(self) -> None:
-        self.counts: Counter[tuple[int, str]] = Counter()
+        self.counts: Counter[tuple[int, float, str]] = Counter()
 
     def observe(self, sample: ConditionedSample) -> None:
+        """A trained sample; counted when its feedback was in the sequence."""
         if sample.critique is not None and sample.num_feedback_tokens:
-            self.counts[(int(sample.critique.label), sample.critique.critique)] += 1
+            self.add(sample.critique)
+
+    def add(self, c: Critique) -> None:
+        self.counts[(int(c.label), round(float(c.score), 6), c.critique)] += 1
 
     def most_frequent(self, label: Label) -> str:
-        best = [(n, text) for (lab, text), n in self.counts.items() if lab == int(label)]
-        return max(best)[1] if best else ""
+        """The critique trained most often with `label` at that label's extreme score ("" if none)."""
+        seen = [(score, n, text) for (lab, score, text), n in self.counts.items() if lab == int(label)]
+        if not seen:
+            return ""
+        extreme = (min if label == Label.BAD else max)(score for score, _, _ in seen)
+        return max((n, text) for score, n, text in seen if score == extreme)[1]
 
     def inference_feedback(self) -> InferenceFeedback | None:
         """None until a good sample was trained with its feedback."""

@@ -21,7 +21,6 @@ import json
 import os
 import random
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -29,8 +28,8 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from ixt_stream import corpus, logs
-from ixt_stream.condition.format import feedback_text
+from ixt_stream import corpus, logs, net
+from ixt_stream.condition.format import FeedbackCounter, feedback_text
 from ixt_stream.critique.process import UNSEEN_CORRECT
 from ixt_stream.types import Critique, Label, Sample
 
@@ -49,15 +48,9 @@ def worker_env() -> dict[str, str]:
 # -- critiquing the corpora (a worker process) ------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_reward_service(log_path: Path) -> tuple[subprocess.Popen, str]:
     """`ixt serve reward reward.backend=process` on a free loopback port; returns (process, "host:port")."""
-    port = _free_port()
+    port = net.free_port()
     cmd = [sys.executable, "-m", "ixt_stream.cli", "serve", "reward", "reward.backend=process",
            "reward.host=127.0.0.1", f"reward.port={port}", f"run.run_dir={log_path.parent / 'reward'}"]
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,18 +129,18 @@ def prefixes(rows: list[tuple[Sample, Critique]], arm: str) -> list[str]:
 
 
 def inference_prefixes(rows: list[tuple[Sample, Critique]], arm: str) -> dict[str, str]:
-    """condition -> prefix at evaluation: "positive" is the most frequent good feedback in training,
-    exactly as trained; "negative" the most frequent bad one; "unseen" a good paraphrase the critic
-    never writes; "none" no prefix. An arm without feedback has "positive" = no prefix only."""
+    """condition -> prefix at evaluation: "positive" is the training feedback the online loop would
+    pick (`FeedbackCounter`: the most frequent good critique at the best score), exactly as trained;
+    "negative" the bad one at the worst score; "unseen" a good paraphrase the critic never writes;
+    "none" no prefix. An arm without feedback has "positive" = no prefix only."""
     mode = ARMS[arm]
     if mode == "none":
         return {"positive": ""}
-
-    def most(label: Label) -> str:
-        return Counter(c.critique for _, c in rows if c.label == label).most_common(1)[0][0]
-
-    out = {"positive": feedback_text(Label.GOOD, most(Label.GOOD), mode),
-           "negative": feedback_text(Label.BAD, most(Label.BAD), mode), "none": ""}
+    counter = FeedbackCounter()
+    for _, c in rows:
+        counter.add(c)
+    out = {"positive": feedback_text(Label.GOOD, counter.most_frequent(Label.GOOD), mode),
+           "negative": feedback_text(Label.BAD, counter.most_frequent(Label.BAD), mode), "none": ""}
     if mode == "critique":
         out["unseen"] = feedback_text(Label.GOOD, UNSEEN_CORRECT, mode)
     return out

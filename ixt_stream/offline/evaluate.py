@@ -3,7 +3,8 @@
 An IXT model should answer best when told its answer will be good (the positive prefix it is given
 at inference), worse under the negative prefix; the gap shows how much it learned to use feedback.
 Conditions: "positive" / "negative" are the critiques the model most often trained with label
-good / bad (from `ixt_condition.json` beside its weights, so the prefix is token-identical to one it
+good / bad at the best / worst score (from `ixt_condition.json` beside its weights, so the
+prefix is token-identical to one it
 trained on); "unseen" is a positive paraphrase no critic writes (`eval.unseen_critique`); "none"
 has no prefix. The base-model control evaluates the base model under a trained model's prefixes
 (`eval.condition_from`). Held-out problems are distinct and disjoint by problem from training

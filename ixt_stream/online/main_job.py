@@ -8,7 +8,8 @@
     learning-curve PNG and `report.md` (`ixt_stream.report`: the same numbers with pictures).
 
 The base model is evaluated after training because its prefixes are the trained model's: the
-critiques it most often trained with label good and bad (recorded beside the final weights).
+critiques it most often trained with label good at the best score and bad at the worst
+(recorded beside the final weights).
 
 Each evaluation runs `ixt eval` in its own process, so its vLLM engine is gone before the stack
 starts (two cores, and in-process vLLM owns torch's thread settings).
@@ -74,7 +75,8 @@ def print_summary(summary: dict) -> None:
     print(f"\n== summary {summary['run_dir']}")
     print(f"  held-out: {summary['eval_problems']} distinct problems, none in the training stream; "
           f"exact accuracy, paired bootstrap 95% CIs over problems")
-    print(f"  positive prefix (the critique most often trained with label good): {summary['positive_critique']!r}")
+    print("  positive prefix (the critique most often trained with label good at the best score): "
+          f"{summary['positive_critique']!r}")
     print(f"  {'condition':<10}{'base model':>12}{'trained':>10}   after - before [95% CI]")
     for c in after:
         ci = _ci(change[c]) if c in change else ""

@@ -109,12 +109,14 @@ def test_max_seq_len_cuts_the_response_tail_not_the_prefix(tokenizer):
 
 def test_inference_prefix_is_a_training_prefix(tokenizer):
     """The positive condition at inference is token-identical to the prefix of the GOOD sample the
-    learner trained on most often; negative likewise for BAD."""
+    learner trained on most often at the best good score (a more frequent lukewarm good critique
+    loses); negative likewise for BAD at the worst score."""
     cond = Conditioner(tokenizer)
     counter = FeedbackCounter()
     trained = [cond.condition(CHAT, Critique("s1", text, score, label)) for text, score, label in (
         ("All correct.", 1.0, Label.GOOD), ("All correct.", 1.0, Label.GOOD), ("Right, no steps.", 1.0, Label.GOOD),
-        ("Wrong sign.", 0.0, Label.BAD))]
+        ("Wrong sign.", 0.0, Label.BAD), ("Right, no tags.", 0.75, Label.GOOD), ("Right, no tags.", 0.75, Label.GOOD),
+        ("Right, no tags.", 0.75, Label.GOOD), ("Half wrong.", 0.25, Label.BAD), ("Half wrong.", 0.25, Label.BAD))]
     for t in trained:
         counter.observe(t)
     cond.inference = counter.inference_feedback()
