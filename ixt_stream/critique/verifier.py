@@ -4,8 +4,8 @@ The verdict comes from `tasks.score_answer` (numbers compared as numbers, else r
 `score_answer` with the entry metadata the generator attached as JSON under `metadata["entry"]`).
 The critique names the *kind* of virtue or mistake (correct with working shown; correct but
 unexplained; wrong sign; a small slip; an error in one place value, i.e. a carry or borrow; no
-answer in tags; cut off before the end; ...) in one of a few paraphrases per kind, picked by the
-sample id, so retries agree. No critique contains a digit: the critique is placed before the data
+answer in tags; a wrong value without tags; cut off before the end; ...) in one of a few
+paraphrases per kind, picked by the sample id, so retries agree. No critique contains a digit: the critique is placed before the data
 during training, and a number in it (the response's answer, the reference, or anything copied from
 them) would make the answer tokens predictable by copying instead of by the quality it describes.
 `thinking` (never trained on) keeps the full trace, reference included, for debugging.
@@ -84,6 +84,11 @@ KINDS: dict[str, tuple[Label, tuple[str, ...]]] = {
         "The answer tags are empty: no final answer is given.",
         "The answer tags hold nothing, so there is no final answer.",
         "An empty pair of answer tags: the final answer is missing.",
+    )),
+    "wrong_untagged": (Label.BAD, (
+        "The value given is wrong, and it is not inside the answer tags either.",
+        "Wrong result, and no answer tags around it.",
+        "The final value is incorrect and is not given in the required answer tags.",
     )),
     "no_answer": (Label.BAD, (
         "No final answer is given inside the answer tags.",
@@ -218,9 +223,15 @@ class VerifierBackend:
         answer = tasks.extract_answer(response)
         notes.append(f"tagged final answer: {'none' if answer is None else _quote(answer)}")
         if answer is None:
-            if any(self._score(sample, c, entry, notes) >= 1.0 for c in _untagged_candidates(response)):
+            candidates = _untagged_candidates(response)
+            if any(self._score(sample, c, entry, notes) >= 1.0 for c in candidates):
                 return ("correct_cut_off", 0.5) if cut else ("correct_untagged", UNTAGGED_SCORE)
-            return ("cut_off" if cut else "no_answer"), 0.0
+            if cut:
+                return "cut_off", 0.0
+            # a value was given, untagged, and it is wrong: say so (what eval accuracy counts),
+            # not only that the tags are missing, which a right untagged value shares
+            numeric = any(tasks.as_number(c) is not None for c in candidates)
+            return ("wrong_untagged" if numeric else "no_answer"), 0.0
         if not answer:
             return "empty_tags", 0.0
         score = self._score(sample, answer, entry, notes)

@@ -48,6 +48,7 @@ def test_no_critique_text_has_a_digit():
     (f"{REASONING} The sum is 42.", "correct_untagged", Label.GOOD, 0.75),
     (f"{REASONING}\n<answer>42", "correct_untagged", Label.GOOD, 0.75),
     ("I am not sure how to add these numbers at all.", "no_answer", Label.BAD, 0.0),
+    (f"{REASONING} The sum is 47.", "wrong_untagged", Label.BAD, 0.0),  # says the value is wrong, not only the tags
     ("<answer></answer>", "empty_tags", Label.BAD, 0.0),
 ])
 def test_kinds(verifier, response, kind, label, score):
