@@ -5,9 +5,10 @@ The verdict comes from `tasks.score_answer` (numbers compared as numbers, else r
 The critique names the *kind* of virtue or mistake (correct with working shown; correct but
 unexplained; wrong sign; a small slip; an error in one place value, i.e. a carry or borrow; no
 answer in tags; a wrong value without tags; cut off before the end; ...) in one of a few
-paraphrases per kind, picked by the sample id, so retries agree. No critique contains a digit: the critique is placed before the data
-during training, and a number in it (the response's answer, the reference, or anything copied from
-them) would make the answer tokens predictable by copying instead of by the quality it describes.
+paraphrases per kind, picked by the sample id, so retries agree. No critique contains a digit:
+the critique is placed before the data during training, and a number in it (the response's
+answer, the reference, or anything copied from them) would make the answer tokens predictable by
+copying instead of by the quality it describes.
 `thinking` (never trained on) keeps the full trace, reference included, for debugging.
 
 Labels follow what eval accuracy counts, the final answer being right: GOOD when it is (score 1,
