@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,6 +26,7 @@ from ixt_stream.metrics import read_jsonl
 from ixt_stream.online import supervisor
 from ixt_stream.online.main_job import wait_for_learner
 from ixt_stream.update import checkpoint_integrity as integrity
+from tests.conftest import free_port
 from tests.integration.test_online_faults import _learner_step, _wait
 from tests.integration.test_online_loop import _overrides
 
@@ -50,11 +52,41 @@ def _newest_intact_step(ckpt_dir) -> int:
 # -- kill -9 the reward service, then the learner; restart each -----------------------------------
 
 
+def _descends(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return False
+
+
+def _kill9_rank(run_dir, rank: int) -> None:
+    """kill -9 one learner rank: the torchrun worker under the learner service with that RANK
+    (torchrun starts each in a session of its own). torchrun then stops the other ranks and exits,
+    so the learner service is down whole."""
+    torchrun = json.loads((run_dir / "pids" / "learner.json").read_text())["pid"]
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            env = (proc / "environ").read_bytes().decode(errors="replace").split("\0")
+            if f"RANK={rank}" in env and int(proc.name) != torchrun and _descends(int(proc.name), torchrun):
+                os.kill(int(proc.name), signal.SIGKILL)
+                break
+        except (OSError, ValueError, IndexError):
+            continue
+    else:
+        raise AssertionError(f"no learner rank {rank} under torchrun {torchrun}")
+    _wait(lambda: not any(r["alive"] for r in supervisor.status(run_dir) if r["name"] == "learner"), 120,
+          "torchrun outlived its killed rank")
+
+
 @pytest.mark.slow
-def test_reward_service_and_learner_killed_and_restarted(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_reward_service_and_learner_killed_and_restarted(tmp_path, tiny_model_dir, ranks):
+    """With 2 ranks the killed one is rank 1 (not the rank that owns the stream and the ledger)."""
     run_dir = tmp_path / "run"
     overrides = [*_overrides(run_dir), "generator.num_generators=1", "learner.max_steps=12",
-                 "learner.save_every=3", "stream.sync_every=1"]
+                 "learner.save_every=3", "stream.sync_every=1", f"learner.num_gpus={ranks}",
+                 f"learner.master_port={free_port()}"]
     cfg = load(overrides)
     db = run_dir / "ledger.sqlite"
     supervisor.up(cfg.run.run_dir, supervisor.stack(cfg, overrides))
@@ -72,7 +104,7 @@ def test_reward_service_and_learner_killed_and_restarted(tmp_path, tiny_model_di
 
         # -- the learner: killed at least one step past its newest checkpoint -------------------
         _wait(lambda: _learner_step(run_dir) > 3 and _learner_step(run_dir) % 3 != 0, 120, "no step past a save")
-        _kill9(run_dir, "learner")
+        _kill9(run_dir, "learner") if ranks == 1 else _kill9_rank(run_dir, 1)
         ckpt_step = _newest_intact_step(run_dir / "checkpoints")
         with sqlite3.connect(db) as con:
             last_trained_step = con.execute("SELECT MAX(step) FROM trainings").fetchone()[0]
