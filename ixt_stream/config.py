@@ -439,9 +439,9 @@ class EvalConfig:
     """Held-out accuracy under positive, negative and no conditioning."""
 
     conditions: list[str] = field(default_factory=lambda: ["positive", "negative", "none", "unseen"])
-    """positive / negative: the feedback most often trained with label good / bad
-    at that label's best / worst score; unseen: a
-    positive paraphrase the critic never writes (`unseen_critique`); none: no prefix."""
+    """positive / negative: the feedback most often trained with label good / bad at that label's
+    best / worst score; unseen: a positive paraphrase the critic never writes (`unseen_critique`);
+    none: no prefix."""
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=0.0))
     """The held-out answers' sampling (greedy by default)."""
     threads: int = 0

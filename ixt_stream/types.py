@@ -111,8 +111,9 @@ class WeightVersion:
     published_at: float = 0.0
     transport: str = "filesystem"
     positive_critique: str = ""
-    """The critique most often trained with label good at the best score so far: the positive feedback generators
-    condition on from this version on (empty: none trained yet, sample without a prefix)."""
+    """The critique most often trained with label good at the best score so far: the positive
+    feedback generators condition on from this version on (empty: none trained yet, sample
+    without a prefix)."""
 
 
 @dataclass

@@ -156,7 +156,8 @@ def check_ranks(model_dir: Path, out: Path, dry: bool, steps: int) -> dict | Non
     def step_s(rows: list) -> float:
         return sorted(r["step_s"] for r in rows)[len(rows) // 2]
 
-    return {"world": world, "dtype": dtype, "loss_1": [r["loss"] for r in one], "loss_n": [r["loss"] for r in many],
+    return {"world": world, "dtype": dtype, "zero_stage": runs[world]["zero_stage"],
+            "loss_1": [r["loss"] for r in one], "loss_n": [r["loss"] for r in many],
             "max_rel_loss_diff": rel, "step_s_1": step_s(one), "step_s_n": step_s(many),
             "ok": same_tokens and rel < (1e-4 if dtype == "fp32" else 2e-2)}
 
@@ -217,8 +218,8 @@ def main() -> int:
     if rk is None:
         print("multi-rank learner: skipped (fewer than 2 GPUs here)")
     else:
-        print(f"multi-rank learner ({rk['dtype']} ZeRO-3): 1 rank {rk['step_s_1']:.3f} s/step, {rk['world']} ranks "
-              f"{rk['step_s_n']:.3f} s/step; loss max rel diff {rk['max_rel_loss_diff']:.1e} -> "
+        print(f"multi-rank learner ({rk['dtype']} ZeRO-{rk['zero_stage']}): 1 rank {rk['step_s_1']:.3f} s/step, "
+              f"{rk['world']} ranks {rk['step_s_n']:.3f} s/step; loss max rel diff {rk['max_rel_loss_diff']:.1e} -> "
               f"{'OK' if rk['ok'] else 'MISMATCH'}")
     print(f"-> {out / 'results.json'}")
     return 0 if lc["ok"] and (rk is None or rk["ok"]) else 1

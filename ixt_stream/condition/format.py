@@ -72,8 +72,8 @@ class InferenceFeedback:
     """The feedback a model is conditioned on at inference: critiques it was trained on.
 
     `positive` (`negative`) is the critique most often trained with label good (bad) at the best
-    (worst) score that label was trained with; `unseen` is an
-    optional positive paraphrase the critic never writes, evaluated as a probe of generalisation.
+    (worst) score that label was trained with; `unseen` is an optional positive paraphrase the
+    critic never writes, evaluated as a probe of generalisation.
     """
 
     positive: str
@@ -103,6 +103,7 @@ class FeedbackCounter:
             self.add(sample.critique)
 
     def add(self, c: Critique) -> None:
+        """One critique as trained (the experiment counts its corpus this way)."""
         self.counts[(int(c.label), round(float(c.score), 6), c.critique)] += 1
 
     def most_frequent(self, label: Label) -> str:

@@ -1,9 +1,9 @@
 """What a model was trained on: `ixt_condition.json` beside its weights.
 
 It holds the conditioning format (mode, lengths) and the inference feedback: the critiques the
-model most often trained with label good (at the best score) and bad (at the worst).
-Evaluation and any later use condition on
-exactly those, so the inference prefix is token-identical to a prefix the learner trained on.
+model most often trained with label good (at the best score) and bad (at the worst). Evaluation
+and any later use condition on exactly those, so the inference prefix is token-identical to a
+prefix the learner trained on.
 Written by the online learner and by `ixt train` whenever they save a model.
 """
 

@@ -4,11 +4,11 @@ An IXT model should answer best when told its answer will be good (the positive 
 at inference), worse under the negative prefix; the gap shows how much it learned to use feedback.
 Conditions: "positive" / "negative" are the critiques the model most often trained with label
 good / bad at the best / worst score (from `ixt_condition.json` beside its weights, so the
-prefix is token-identical to one it
-trained on); "unseen" is a positive paraphrase no critic writes (`eval.unseen_critique`); "none"
-has no prefix. The base-model control evaluates the base model under a trained model's prefixes
-(`eval.condition_from`). Held-out problems are distinct and disjoint by problem from training
-(`tasks.eval_prompts`); responses from vLLM; accuracy is exact (1 or 0 per problem).
+prefix is token-identical to one it trained on); "unseen" is a positive paraphrase no critic
+writes (`eval.unseen_critique`); "none" has no prefix. The base-model control evaluates the base
+model under a trained model's prefixes (`eval.condition_from`). Held-out problems are distinct
+and disjoint by problem from training (`tasks.eval_prompts`); responses from vLLM; accuracy is
+exact (1 or 0 per problem).
 
 `evaluate()` is the reusable part; `offline.paired` turns its reports into paired bootstrap
 confidence intervals over problems (the same problems under two models or two conditions). Conditions that

@@ -8,9 +8,9 @@ One process, one in-process vLLM engine, one loop:
     (with the exact sampled token ids and the finish reason)
 
 The positive prefix is the one the announced weights were trained on (`WeightVersion.
-positive_critique`: the critique the learner most often trained with label good at the best score). The initial
-weights were trained on no feedback at all, so until the first version arrives the generator
-samples without a prefix.
+positive_critique`: the critique the learner most often trained with label good at the best
+score). The initial weights were trained on no feedback at all, so until the first version
+arrives the generator samples without a prefix.
 
 Weights change only between engine calls, so every sample of one call carries the version it was
 sampled with. A generator (re)started mid-run applies the version recorded in

@@ -4,7 +4,8 @@
     main loop:       fresh samples (stale / already-trained ones dropped, ledgered)
                      -> token-budget groups (batch.pack) -> collate -> DeepSpeed step
                      -> every `sync_every` steps: full weights -> publish version v+1, with the
-                        critique most often trained with label good at the best score (the generators' prefix)
+                        critique most often trained with label good at the best score
+                        (the generators' prefix)
                      -> at the end: run_dir/final + ixt_condition.json (format + inference feedback)
 
 The receiver runs in its own thread so the optimizer step never waits on socket I/O it could

@@ -10,7 +10,8 @@ Built from plain parameters, so `ixt train` and the online loop construct it the
 
 Choices:
 - One process by default. DeepSpeed without a launcher looks for MPI unless RANK, WORLD_SIZE,
-  MASTER_ADDR, ... are set; missing ones are filled in for a single rank (MASTER_PORT 0: the store picks its own).
+  MASTER_ADDR, ... are set; missing ones are filled in for a single rank (MASTER_PORT 0: the
+  store picks its own).
   Under torchrun it runs data-parallel: each rank passes its share of the step (`update.ranks`
   splits a group) and `train_step` makes the one-rank update on the whole group (the loss is
   the mean over all ranks' loss tokens, not a mean of per-rank means).
