@@ -11,6 +11,10 @@ The base model is evaluated after training because its prefixes are the trained 
 critiques it most often trained with label good at the best score and bad at the worst
 (recorded beside the final weights).
 
+Run with `condition.mode=label` it is also the experiment's post-training scale (SmolLM2, the
+label arm): the summary's go/no-go asks the trained positive - negative gap to exceed
+`PILOT_GAP` before a longer post-training experiment is worth its compute.
+
 Each evaluation runs `ixt eval` in its own process, so its vLLM engine is gone before the stack
 starts (two cores, and in-process vLLM owns torch's thread settings).
 """
@@ -64,6 +68,14 @@ def wait_for_learner(cfg: IxtConfig, overrides: list[str], poll_s: float = 10.0)
         raise RuntimeError(f"the learner exited without a summary; see {cfg.run.run_dir}/logs/learner.log")
     return json.loads(summary_path.read_text())
 
+PILOT_GAP = 0.1
+"""The post-training pilot's bar (issue 12): a trained positive - negative gap above it is a go."""
+
+
+def go_no_go(gap_after: dict) -> dict:
+    """The post-training pilot's verdict on the trained model's positive - negative gap."""
+    return {"threshold": PILOT_GAP, "gap": gap_after["diff"], "go": gap_after["diff"] > PILOT_GAP}
+
 
 def _ci(c: dict) -> str:
     return f"{c['diff']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]"
@@ -85,6 +97,10 @@ def print_summary(summary: dict) -> None:
     if "gap" in change:
         print(f"  positive - negative gap: base {_ci(summary['gap_before'])} -> trained {_ci(summary['gap_after'])}; "
               f"change {_ci(change['gap'])}")
+    if summary.get("pilot"):
+        pilot = summary["pilot"]
+        print(f"  post-training pilot: trained gap {pilot['gap']:+.3f} vs the bar {pilot['threshold']:+.3f}: "
+              f"{'go' if pilot['go'] else 'no-go'}")
     busy = 100 * summary["learner_busy_fraction"]
     ledger = summary["ledger"]
     print(f"  samples trained {summary['samples_trained']} in {summary['steps']} steps; "
@@ -130,6 +146,7 @@ def main(cfg: IxtConfig, overrides: list[str]) -> int:
         "accuracy_after": {c: after["metrics"][f"eval/{c}/accuracy"] for c in after["conditions"]},
         "change": compare(before, after, cfg.eval.bootstrap),
         "gap_before": before["gap_ci"], "gap_after": after["gap_ci"],
+        "pilot": go_no_go(after["gap_ci"]) if after.get("gap_ci") else None,
         "samples_trained": learner["samples_trained"], "versions_pushed": learner["versions_pushed"],
         "steps": learner["steps"], "learner_busy_fraction": learner["busy_fraction"],
         "weight_push_s": learner["push_s"], "staleness": learner["staleness"], "drops": learner["drops"],

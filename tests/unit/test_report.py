@@ -11,6 +11,7 @@ import pytest
 from ixt_stream.ledger import Ledger
 from ixt_stream.metrics import MetricsSink
 from ixt_stream.offline.paired import compare, gap
+from ixt_stream.online.main_job import go_no_go, print_summary
 from ixt_stream.report import SAMPLE_LOG, SampleLog, render
 from ixt_stream.types import Critique, Label, Sample
 
@@ -142,3 +143,13 @@ def test_a_main_job_folder_without_the_control_says_so(run_dir):
     text = render(run_dir).read_text()
     assert "Not available: eval_before.json" in text
     assert _row(text.split("## Accuracy at each")[1], "condition")[1:] == ["final"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("gap, verdict", [(0.15, "go"), (0.10, "no-go"), (-0.2, "no-go")])
+def test_summary_prints_the_post_training_pilot_verdict(run_dir, capsys, gap, verdict):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary.update(plot="learning_curve.png", pilot=go_no_go({"diff": gap, "lo": gap - 0.05, "hi": gap + 0.05}))
+    print_summary(summary)
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "post-training pilot" in ln)
+    assert line.endswith(f": {verdict}") and f"{gap:+.3f}" in line
