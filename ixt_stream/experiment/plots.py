@@ -82,8 +82,8 @@ def multiplier(summary: dict, path: Path) -> None:
                 xs.append(next(iter(s["arms"].values()))["shape"]["non_embedding"])
                 ys.append(m["value"])
                 ci = m.get("ci") or [m["value"], m["value"]]
-                lo.append(m["value"] - ci[0])
-                hi.append(ci[1] - m["value"])
+                lo.append(max(m["value"] - ci[0], 0.0))  # a bootstrap interval need not hold the point
+                hi.append(max(ci[1] - m["value"], 0.0))
         if xs:
             right.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=arm, color=COLORS.get(arm))
     right.set_xscale("log")
