@@ -68,6 +68,7 @@ def wait_for_learner(cfg: IxtConfig, overrides: list[str], poll_s: float = 10.0)
         raise RuntimeError(f"the learner exited without a summary; see {cfg.run.run_dir}/logs/learner.log")
     return json.loads(summary_path.read_text())
 
+
 PILOT_GAP = 0.1
 """The post-training pilot's bar (issue 12): a trained positive - negative gap above it is a go."""
 
