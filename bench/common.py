@@ -228,15 +228,15 @@ class RewardProcess:
         self.stop()
 
 
-def prompts_jsonl(path: Path, n: int, names: list[str] | None = None) -> Path:
-    """The first `n` training prompts of the configured reasoning-gym tasks as JSONL
-    ({"id","prompt","answer","task","metadata"}): the one prompt set both sides of a comparison read."""
+def prompts_jsonl(path: Path, n: int, task=None) -> Path:
+    """The first `n` training prompts of `task` (a TaskConfig; default: its dataclass default) as
+    JSONL ({"id","prompt","answer","task","metadata"}): the one prompt set both sides of a
+    comparison read, none of them among the task's held-out problems."""
     from ixt_stream import tasks
     from ixt_stream.config import TaskConfig
 
-    cfg = TaskConfig() if names is None else TaskConfig(names=names)
     with open(path, "w") as f:
-        for i, p in enumerate(tasks.train_prompts(cfg)):
+        for i, p in enumerate(tasks.train_prompts(task or TaskConfig())):
             if i >= n:
                 break
             f.write(json.dumps({"id": p.prompt_id, "prompt": p.prompt, "answer": p.answer, "task": p.task,

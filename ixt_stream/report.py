@@ -210,8 +210,8 @@ def _before_after(summary: dict | None) -> list[str]:
     if "gap" in change:
         lines += ["", f"Positive - negative gap: base {_ci(summary['gap_before'])} -> trained "
                   f"{_ci(summary['gap_after'])}; change {_ci(change['gap'])}."]
-    lines += ["", f"Positive prefix (the critique most often trained with label good at the best score): "
-              f"“{_md(summary.get('positive_critique', ''))}”", ""]
+    lines += ["", f"Positive prefix (the feedback most often trained with label good at the best score): "
+              f"“{_md(summary.get('positive_prefix', ''))}”", ""]
     return lines
 
 

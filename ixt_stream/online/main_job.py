@@ -33,7 +33,8 @@ from ixt_stream.ledger import Ledger
 from ixt_stream.online import launch, supervisor
 
 
-def _eval(overrides: list[str], checkpoint: str, out: Path) -> dict:
+def run_eval(overrides: list[str], checkpoint: str, out: Path) -> dict:
+    """`ixt eval` of `checkpoint` in a process of its own; its JSON report."""
     argv = [sys.executable, "-m", "ixt_stream.cli", "eval", *overrides,
             f"eval.checkpoint={checkpoint}", f"eval.output={out}"]
     subprocess.run(argv, check=True)
@@ -78,6 +79,17 @@ def go_no_go(gap_after: dict) -> dict:
     return {"threshold": PILOT_GAP, "gap": gap_after["diff"], "go": gap_after["diff"] > PILOT_GAP}
 
 
+def positive_prefix(report: dict) -> str:
+    """The positive feedback as the model reads it: in label mode the quality head alone, whatever
+    critique the record names."""
+    from ixt_stream.condition import modes
+    from ixt_stream.types import Label
+
+    mode = modes.get(report["condition_mode"])
+    critique = report["feedback"].get("positive", ["", ""])[1]
+    return mode.text(Label.GOOD, critique) if mode.text else ""
+
+
 def _ci(c: dict) -> str:
     return f"{c['diff']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]"
 
@@ -88,8 +100,8 @@ def print_summary(summary: dict) -> None:
     print(f"\n== summary {summary['run_dir']}")
     print(f"  held-out: {summary['eval_problems']} distinct problems, none in the training stream; "
           f"exact accuracy, paired bootstrap 95% CIs over problems")
-    print("  positive prefix (the critique most often trained with label good at the best score): "
-          f"{summary['positive_critique']!r}")
+    print("  positive prefix (the feedback most often trained with label good at the best score): "
+          f"{summary['positive_prefix']!r}")
     print(f"  {'condition':<10}{'base model':>12}{'trained':>10}   after - before [95% CI]")
     for c in after:
         ci = _ci(change[c]) if c in change else ""
@@ -131,18 +143,18 @@ def main(cfg: IxtConfig, overrides: list[str]) -> int:
         supervisor.down(run_dir, grace_s=cfg.run.stop_grace_s)
     final = run_dir / "final"
     print("== evaluating the trained model", flush=True)
-    after = _eval(overrides, str(final), run_dir / "eval_after.json")
+    after = run_eval(overrides, str(final), run_dir / "eval_after.json")
     print(f"== evaluating the base model ({cfg.model.name}) under the same prefixes (the control)", flush=True)
     conditions = ",".join(c for c in cfg.eval.conditions if c != "unseen")  # the unseen probe: trained only
     control = [a for a in overrides if not a.startswith("eval.conditions=")] + [
         f"eval.condition_from={final}", f"eval.conditions=[{conditions}]"]
-    before = _eval(control, models.resolve(cfg.model), run_dir / "eval_before.json")
+    before = run_eval(control, models.resolve(cfg.model), run_dir / "eval_before.json")
     ledger = Ledger(run_dir / "ledger.sqlite").summary()
     plot = metrics.plot_curves([run_dir / "metrics" / "learner.jsonl"], run_dir / "learning_curve.png",
                                keys=LEARNER_CURVES)
     summary = {
         "run_dir": str(run_dir), "eval_problems": int(after["metrics"]["eval/num_prompts"]),
-        "positive_critique": after["feedback"].get("positive", ["", ""])[1],
+        "positive_prefix": positive_prefix(after),
         "accuracy_before": {c: before["metrics"][f"eval/{c}/accuracy"] for c in before["conditions"]},
         "accuracy_after": {c: after["metrics"][f"eval/{c}/accuracy"] for c in after["conditions"]},
         "change": compare(before, after, cfg.eval.bootstrap),

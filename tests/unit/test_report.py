@@ -11,7 +11,7 @@ import pytest
 from ixt_stream.ledger import Ledger
 from ixt_stream.metrics import MetricsSink
 from ixt_stream.offline.paired import compare, gap
-from ixt_stream.online.main_job import go_no_go, print_summary
+from ixt_stream.online.main_job import go_no_go, positive_prefix, print_summary
 from ixt_stream.report import SAMPLE_LOG, SampleLog, render
 from ixt_stream.types import Critique, Label, Sample
 
@@ -65,7 +65,7 @@ def run_dir(tmp_path):
     (tmp_path / "eval_before.json").write_text(json.dumps(before))
     (tmp_path / "eval_after.json").write_text(json.dumps(after))
     ledger = _train(tmp_path)
-    summary = {"run_dir": str(tmp_path), "eval_problems": N, "positive_critique": CRITIQUES[0],
+    summary = {"run_dir": str(tmp_path), "eval_problems": N, "positive_prefix": CRITIQUES[0],
                "accuracy_before": {c: before["metrics"][f"eval/{c}/accuracy"] for c in before["conditions"]},
                "accuracy_after": {c: after["metrics"][f"eval/{c}/accuracy"] for c in after["conditions"]},
                "change": compare(before, after, 200), "gap_before": before["gap_ci"], "gap_after": after["gap_ci"],
@@ -153,3 +153,13 @@ def test_summary_prints_the_post_training_pilot_verdict(run_dir, capsys, gap, ve
     print_summary(summary)
     line = next(ln for ln in capsys.readouterr().out.splitlines() if "post-training pilot" in ln)
     assert line.endswith(f": {verdict}") and f"{gap:+.3f}" in line
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode, prefix", [
+    ("critique", f"Feedback on the answer below. Quality: good. Critique: {CRITIQUES[0]}"),
+    ("label", "Feedback on the answer below. Quality: good."),  # the record's critique is not read
+    ("none", "")])
+def test_the_summary_names_the_positive_prefix_the_model_reads(mode, prefix):
+    report = {**_eval_report("m", {"positive": 3}), "condition_mode": mode}
+    assert positive_prefix(report) == prefix
