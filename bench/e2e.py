@@ -32,6 +32,7 @@ from pathlib import Path
 
 from bench.common import ROOT, port_overrides, prompts_jsonl, read_jsonl, run_stack, steady_rate, workdir
 from bench.report import Result, Row
+from ixt_stream.ledger import Ledger
 
 TRL_VENV = ROOT / "bench" / ".venv-trl"
 
@@ -66,6 +67,7 @@ def run_ixt(w: dict, prompts: Path, run_dir: Path) -> dict:
         f"generator.sampling.temperature={w['temperature']}", f"generator.sampling.top_p={w['top_p']}",
         f"learner.max_steps={w['steps']}", f"learner.max_samples_per_batch={w['batch']}",
         f"learner.tokens_per_batch={w['batch'] * 512}", "condition.max_seq_len=512", f"learner.lr={w['lr']}",
+        "condition.truncated=train",  # TRL trains on every completion, cut or not (and the tiny model is always cut)
         "learner.dtype=bf16", *port_overrides(run_dir, "e2e"),
     ]
     out = run_stack(overrides, timeout_s=3600)
@@ -80,7 +82,8 @@ def run_ixt(w: dict, prompts: Path, run_dir: Path) -> dict:
         "wall_to_last_step_s": (ends[-1] - out["started"]) if ends else out["wall_s"],
         "first_step_after_launch_s": (ends[0] - out["started"]) if ends else None,
         "learner_busy_fraction": s["busy_fraction"], "learner_wait_s": s["wait_s"],
-        "drops": s["drops"], "staleness": s["staleness"], "versions_pushed": s["versions_pushed"],
+        "drops": s["drops"], "ledger_dropped": Ledger(run_dir / "ledger.sqlite").summary()["dropped_by_reason"],
+        "staleness": s["staleness"], "versions_pushed": s["versions_pushed"],
         "mean_step_s": sum(r["train/step_s"] for r in rows) / max(len(rows), 1),
         "mean_tokens_per_step": sum(r["train/tokens"] for r in rows) / max(len(rows), 1),
         "generator_tokens_per_s": gens[-1]["generator/tokens_per_s"] if gens else None,
@@ -119,32 +122,37 @@ def run_trl(w: dict, prompts: Path, model_dir: str, out: Path, threads: int, dty
 
 def held_out(w: dict, ixt: dict, trl: dict, work: Path) -> dict:
     """Greedy accuracy on the main job's held-out problems: both trained models and the base model
-    under the same conditions, paired bootstrap CIs over problems."""
+    under the same conditions, paired bootstrap CIs over problems. ixt-stream's model is read under
+    its positive prefix (under none if it never trained on a right sample, so has none)."""
+    from ixt_stream.condition import record
+    from ixt_stream.config import ConditionConfig
     from ixt_stream.offline.paired import paired_ci, scores_by_condition
     from ixt_stream.online.main_job import run_eval
 
     common = [f"model={'tiny' if w['model'] == 'tiny' else 'smollm2'}", f"run.run_dir={work / 'eval'}",
               f"eval.sampling.max_new_tokens={w['max_new_tokens']}"]
+    found = record.read(ixt["final"], ConditionConfig())
+    cond = "positive" if found and found[1] and found[1].positive else "none"  # no right sample, no positive
     reports = {
-        "ixt": run_eval([*common, "eval.conditions=[positive]"], ixt["final"], work / "eval_ixt.json"),
+        "ixt": run_eval([*common, f"eval.conditions=[{cond}]"], ixt["final"], work / "eval_ixt.json"),
         "trl": run_eval([*common, "eval.conditions=[none]"], trl["final"], work / "eval_trl.json"),
-        "base": run_eval([*common, f"eval.condition_from={ixt['final']}", "eval.conditions=[positive,none]"],
+        "base": run_eval([*common, f"eval.condition_from={ixt['final']}", f"eval.conditions=[{cond},none]"],
                          ixt["base_model"], work / "eval_base.json"),
     }
     by = {k: scores_by_condition(r) for k, r in reports.items()}
-    ixt_s, trl_s = by["ixt"]["positive"], by["trl"]["none"]
+    ixt_s, trl_s = by["ixt"][cond], by["trl"]["none"]
     ids = sorted(ixt_s.keys() & trl_s.keys())
 
     def scores(side: str, cond: str) -> list[float]:
         return [by[side][cond][i] for i in ids]
 
     return {
-        "problems": len(ids), "ixt_positive": sum(scores("ixt", "positive")) / len(ids),
+        "problems": len(ids), "ixt_condition": cond, "ixt": sum(scores("ixt", cond)) / len(ids),
         "trl_none": sum(scores("trl", "none")) / len(ids),
-        "base_positive": sum(scores("base", "positive")) / len(ids),
+        "base_ixt_condition": sum(scores("base", cond)) / len(ids),
         "base_none": sum(scores("base", "none")) / len(ids),
-        "ixt_minus_trl": paired_ci(scores("trl", "none"), scores("ixt", "positive")),
-        "ixt_gain": paired_ci(scores("base", "positive"), scores("ixt", "positive")),
+        "ixt_minus_trl": paired_ci(scores("trl", "none"), scores("ixt", cond)),
+        "ixt_gain": paired_ci(scores("base", cond), scores("ixt", cond)),
         "trl_gain": paired_ci(scores("base", "none"), scores("trl", "none")),
         "positive_prefix": reports["ixt"]["feedback"].get("positive", ["", ""])[1],
     }
@@ -187,13 +195,16 @@ def run(quick: bool = False) -> Result:
                            trl["wall_to_last_step_s"], peer, "s", False, "", None))
     d = acc["ixt_minus_trl"]
     result.rows.append(Row(f"held-out accuracy after {w['steps']} updates ({acc['problems']} problems, greedy; "
-                           f"ixt-stream under its positive prefix, diff {d['diff']:+.3f} [{d['lo']:+.3f}, "
-                           f"{d['hi']:+.3f}])", acc["ixt_positive"], acc["trl_none"], peer, "accuracy", True,
+                           f"ixt-stream under its {acc['ixt_condition']} prefix, diff {d['diff']:+.3f} "
+                           f"[{d['lo']:+.3f}, {d['hi']:+.3f}])", acc["ixt"], acc["trl_none"], peer, "accuracy", True,
                            "not worse (CI reaches 0)", d["hi"] >= 0))
     per_min = {k: acc[f"{k}_gain"]["diff"] / (side["wall_to_last_step_s"] / 60)
                for k, side in (("ixt", ixt), ("trl", trl))}
     result.rows.append(Row("held-out accuracy gain over the base model per wall-clock minute (CIs in details)",
                            per_min["ixt"], per_min["trl"], peer, "accuracy/min", True, "", None))
+    wasted = ixt["drops"].get("stale", 0)
+    result.rows.append(Row("critiques wasted: samples critiqued, then dropped stale by the learner (no faults)",
+                           wasted, 0, "goal", "critiques", False, "= 0", wasted == 0))
     result.details.update({
         "workload": {**w, "model_dir": model_dir, "prompts": str(prompts),
                      "ixt": "ixt up, CPU profile (reward, learner, orchestrator, 1 generator) with "

@@ -129,7 +129,7 @@ def sync_loop(argv: list[str], steps: int, out: str) -> None:
     while learner.step < steps:
         t0 = time.perf_counter()
         batch = list(itertools.islice(prompts, max(lc.max_samples_per_batch // gen.samples_per_prompt, 1)))
-        outs = engine.generate([conditioner.inference_ids(p.prompt, "positive") for p in batch],
+        outs = engine.generate([conditioner.inference_ids(p.prompt, conditioner.sampling_condition) for p in batch],
                                n=gen.samples_per_prompt, max_new_tokens=gen.sampling.max_new_tokens,
                                temperature=gen.sampling.temperature, top_p=gen.sampling.top_p)
         samples = [Sample(sample_id=f"sync-{learner.step}-{j}", prompt=p.prompt, response=c.text, task=p.task,

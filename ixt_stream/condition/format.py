@@ -260,6 +260,12 @@ class Conditioner:
 
     # -- inference --------------------------------------------------------------------------------
 
+    @property
+    def sampling_condition(self) -> str:
+        """What a generator samples under: the positive feedback once the learner has named one
+        (it is learned from the feedback trained on), no prefix before that."""
+        return "positive" if self.inference else "none"
+
     def inference_ids(self, prompt: str, condition: str = "positive") -> list[int]:
         """Prompt token ids under a condition: "positive" (the default at inference), "negative",
         "unseen" (a positive paraphrase never trained on), or "none". A policy trained with mode

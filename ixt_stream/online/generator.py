@@ -94,7 +94,7 @@ def run(cfg: IxtConfig, stop: threading.Event) -> int:
                 log.info("%s: prompt shard exhausted", name)
                 break
             fitting = []
-            condition = "positive" if conditioner.inference else "none"
+            condition = conditioner.sampling_condition
             for p in batch:
                 prompt_ids = conditioner.inference_ids(p.prompt, condition)
                 if engine.fits(prompt_ids):

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from ixt_stream.condition.format import Conditioner, FeedbackCounter, Rejected, feedback_text
+from ixt_stream.condition.format import Conditioner, FeedbackCounter, InferenceFeedback, Rejected, feedback_text
 from ixt_stream.types import Critique, Label, Sample
 
 CHAT = Sample("s1", prompt="What is 3 + 4?", response="3 + 4 = 7. <answer>7</answer>", task="basic_arithmetic")
@@ -55,7 +55,7 @@ def test_baseline_mode_has_no_feedback(tokenizer):
 def test_the_models_system_text_stays_under_every_condition(tokenizer):
     """config "auto": the chat template's own system text opens every chat prompt, with feedback
     after it, alone without feedback, and never before a document."""
-    from ixt_stream.condition.format import InferenceFeedback, default_system_prompt
+    from ixt_stream.condition.format import default_system_prompt
     from ixt_stream.config import ConditionConfig
 
     system = default_system_prompt(tokenizer)
@@ -136,6 +136,10 @@ def test_no_inference_feedback_until_trained(tokenizer):
     assert FeedbackCounter().inference_feedback() is None
     with pytest.raises(ValueError, match="no 'positive' feedback recorded"):
         cond.inference_ids(CHAT.prompt, "positive")
+    assert cond.sampling_condition == "none"  # generators sample without a prefix until one is learned
+    cond.inference = InferenceFeedback(CRIT.critique)
+    assert cond.sampling_condition == "positive"
+    assert cond.inference_ids(CHAT.prompt, cond.sampling_condition) != cond.inference_ids(CHAT.prompt, "none")
 
 
 def test_sampled_token_ids_are_trained_unchanged(tokenizer):
