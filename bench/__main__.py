@@ -34,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         found = sorted(folder.glob("*.json"), key=lambda p: (order.get(p.stem, len(order)), p.stem))
         return report.summary(found) if found else "(none yet)\n"
 
-    text = (f"## Full sizes (`make bench`)\n\n{table(report.RESULTS)}\n"
+    text = ("Each goal's verdict with the limit that stops an unmet one, measured: bench/README.md, "
+            "\"Where the goals stand\".\n\n"
+            f"## Full sizes (`make bench`)\n\n{table(report.RESULTS)}\n"
             f"## Quick sizes (`make bench QUICK=1`)\n\n{table(report.RESULTS / 'quick')}")
     (report.RESULTS / "SUMMARY.md").write_text(text)
     print(text)
