@@ -173,7 +173,7 @@ def test_ixt_run_hands_its_control_eval_the_trained_prefixes(tmp_path, monkeypat
     monkeypatch.setattr(main_job.supervisor, "up", lambda *a: {})
     monkeypatch.setattr(main_job.supervisor, "down", lambda *a, **k: {})
     monkeypatch.setattr(main_job, "wait_for_learner", lambda cfg, overrides: {})
-    monkeypatch.setattr(main_job, "_eval", fake_eval)
+    monkeypatch.setattr(main_job, "run_eval", fake_eval)
     run_dir, final = tmp_path / "r", tmp_path / "r" / "final"
     given = ["model=tiny", "eval.conditions=[positive,none,unseen]", f"run.run_dir={run_dir}"]
     with pytest.raises(Stop):
