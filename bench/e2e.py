@@ -127,7 +127,7 @@ def held_out(w: dict, ixt: dict, trl: dict, work: Path) -> dict:
     from ixt_stream.condition import record
     from ixt_stream.config import ConditionConfig
     from ixt_stream.offline.paired import paired_ci, scores_by_condition
-    from ixt_stream.online.main_job import run_eval
+    from ixt_stream.online.main_job import positive_prefix, run_eval
 
     common = [f"model={'tiny' if w['model'] == 'tiny' else 'smollm2'}", f"run.run_dir={work / 'eval'}",
               f"eval.sampling.max_new_tokens={w['max_new_tokens']}"]
@@ -143,8 +143,8 @@ def held_out(w: dict, ixt: dict, trl: dict, work: Path) -> dict:
     ixt_s, trl_s = by["ixt"][cond], by["trl"]["none"]
     ids = sorted(ixt_s.keys() & trl_s.keys())
 
-    def scores(side: str, cond: str) -> list[float]:
-        return [by[side][cond][i] for i in ids]
+    def scores(side: str, condition: str) -> list[float]:
+        return [by[side][condition][i] for i in ids]
 
     return {
         "problems": len(ids), "ixt_condition": cond, "ixt": sum(scores("ixt", cond)) / len(ids),
@@ -154,7 +154,7 @@ def held_out(w: dict, ixt: dict, trl: dict, work: Path) -> dict:
         "ixt_minus_trl": paired_ci(scores("trl", "none"), scores("ixt", cond)),
         "ixt_gain": paired_ci(scores("base", cond), scores("ixt", cond)),
         "trl_gain": paired_ci(scores("base", "none"), scores("trl", "none")),
-        "positive_prefix": reports["ixt"]["feedback"].get("positive", ["", ""])[1],
+        "positive_prefix": positive_prefix(reports["ixt"]),
     }
 
 

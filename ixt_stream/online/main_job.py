@@ -82,12 +82,10 @@ def go_no_go(gap_after: dict) -> dict:
 def positive_prefix(report: dict) -> str:
     """The positive feedback as the model reads it: in label mode the quality head alone, whatever
     critique the record names."""
-    from ixt_stream.condition import modes
+    from ixt_stream.condition.format import feedback_text
     from ixt_stream.types import Label
 
-    mode = modes.get(report["condition_mode"])
-    critique = report["feedback"].get("positive", ["", ""])[1]
-    return mode.text(Label.GOOD, critique) if mode.text else ""
+    return feedback_text(Label.GOOD, report["feedback"].get("positive", ["", ""])[1], report["condition_mode"])
 
 
 def _ci(c: dict) -> str:
