@@ -34,6 +34,7 @@ EngineDtype = _choices("EngineDtype", ("bfloat16", "float16", "float32", "auto")
 """Weight dtype of an in-process vLLM / SGLang engine."""
 LeakPolicy = _choices("LeakPolicy", ("train", "redact", "drop"))
 TruncatedPolicy = _choices("TruncatedPolicy", ("train", "drop"))
+FeedbackPlacement = _choices("FeedbackPlacement", ("system", "assistant"))
 BadInput = _choices("BadInput", ("skip", "fail"))
 LauncherKind = _choices("LauncherKind", ("local", "ray"))
 
@@ -237,6 +238,10 @@ class ConditionConfig:
     """Fraction of training samples whose feedback prefix is dropped."""
     max_feedback_tokens: int = 160
     max_seq_len: int = 1024
+    placement: FeedbackPlacement = FeedbackPlacement.system
+    """Where the feedback sits in a chat sample: system (the system turn, after the system text) |
+    assistant (opening the assistant turn, right before the response, as Chain of Hindsight puts
+    it). A document always has it first."""
     system_prompt: str = "auto"
     """System text the feedback follows in a chat prompt, with or without feedback: "auto" = the
     chat template's default (SmolLM2's doubles its right answers over no system text, measured),

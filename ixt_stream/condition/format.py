@@ -9,6 +9,10 @@ mask is exact by construction and inference can rebuild the very same prefix ids
     document:     {feedback}\\n\\n                                      <- no loss
                   {document}<eos>                                       <- loss
 
+With `placement="assistant"` (Chain of Hindsight's layout) the system turn keeps the system text
+alone and the feedback opens the assistant turn on a line of its own, right before the response
+(no loss on it); a document always has it first.
+
 `{system}` is the model's own system text (the chat template's default, `condition.system_prompt`),
 kept under the feedback so every prompt stays in the chat format the model was tuned with: SmolLM2
 answers twice as many sums right with it (0.28 vs 0.14 at T=0.7, measured). Without feedback (the
@@ -42,6 +46,7 @@ from ixt_stream.types import ConditionedSample, Critique, Label, Sample
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 LEAK_POLICIES = ("train", "redact", "drop")
 TRUNCATED_POLICIES = ("train", "drop")
+PLACEMENTS = ("system", "assistant")
 
 
 def feedback_text(label: Label, critique: str, mode: str) -> str:
@@ -135,6 +140,8 @@ class Conditioner:
             (`Rejected("truncated")`).
         inference: the feedback to condition on at inference (None: none recorded yet).
         system_prompt: the system text the feedback follows in a chat sample ("" = none).
+        placement: where a chat sample's feedback sits: "system" (after the system text) or
+            "assistant" (opening the assistant turn, on a line of its own before the response).
     """
 
     def __init__(
@@ -149,12 +156,16 @@ class Conditioner:
         seed: int = 0,
         system_prompt: str = "",
         truncated: str = "train",
+        placement: str = "system",
     ):
         self._mode = modes.get(mode)  # ValueError for an unknown mode
         if leak_policy not in LEAK_POLICIES:
             raise ValueError(f"unknown leak policy {leak_policy!r}: {' | '.join(LEAK_POLICIES)}")
         if truncated not in TRUNCATED_POLICIES:
             raise ValueError(f"unknown truncated policy {truncated!r}: {' | '.join(TRUNCATED_POLICIES)}")
+        if placement not in PLACEMENTS:
+            raise ValueError(f"unknown feedback placement {placement!r}: {' | '.join(PLACEMENTS)}")
+        self.placement = placement
         self.tok = tokenizer
         self.mode = mode
         self.feedback_dropout = feedback_dropout
@@ -175,6 +186,7 @@ class Conditioner:
         return cls(tokenizer, mode=cfg.mode, feedback_dropout=cfg.feedback_dropout,
                    max_feedback_tokens=cfg.max_feedback_tokens, max_seq_len=cfg.max_seq_len,
                    leak_policy=cfg.leak_policy, truncated=cfg.truncated, inference=inference, seed=seed,
+                   placement=cfg.placement,
                    system_prompt=default_system_prompt(tokenizer) if cfg.system_prompt == "auto" else cfg.system_prompt)
 
     def _markup(self, text: str) -> list[int]:
@@ -200,6 +212,20 @@ class Conditioner:
         head += system + (self._markup("\n\n") if system and body else [])
         room = max(self.max_feedback_tokens - len(head) - len(tail), 0)
         return head + body[:room] + tail
+
+    def context_ids(self, label: Label | None, critique: str, prompt: str) -> tuple[list[int], int]:
+        """Everything before the data (prompt "" = a document) and how many of those ids are the
+        feedback (0: none). A chat sample's feedback sits where `placement` says."""
+        has_feedback = label is not None and self._mode.text is not None
+        if not prompt or self.placement == "system":
+            feedback = self.feedback_ids(label, critique, document=not prompt)
+            context = feedback + self.prompt_ids(prompt) if prompt else feedback
+            return context, len(feedback) if has_feedback else 0
+        turn = []
+        if has_feedback:
+            turn = self._text(self._mode.text(label, critique))[: max(self.max_feedback_tokens - 1, 0)]
+            turn += self._markup("\n")
+        return self.feedback_ids(None, "", document=False) + self.prompt_ids(prompt) + turn, len(turn)
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """The user turn and the assistant header: context the model answers after."""
@@ -235,15 +261,13 @@ class Conditioner:
         """
         if sample.truncated and self.truncated == "drop":
             raise Rejected("truncated", f"sample {sample.sample_id}: cut at the token limit (condition.truncated=drop)")
-        document = sample.is_document
         leaked = False
         if critique is not None:
             critique, leaked = self.checked(sample, critique)
         dropped = self.feedback_dropout > 0 and self._rng.random() < self.feedback_dropout
         with_feedback = critique is not None and not dropped and self._mode.text is not None
-        feedback = self.feedback_ids(critique.label if with_feedback else None,
-                                     critique.critique if with_feedback else "", document)
-        context = feedback if document else feedback + self.prompt_ids(sample.prompt)
+        context, num_feedback = self.context_ids(critique.label if with_feedback else None,
+                                                 critique.critique if with_feedback else "", sample.prompt)
         room = self.max_seq_len - len(context)
         if room <= 0:
             raise Rejected("too_long", f"sample {sample.sample_id}: prefix of {len(context)} tokens leaves "
@@ -254,7 +278,7 @@ class Conditioner:
             critique=critique,
             input_ids=context + data,
             loss_mask=[0] * len(context) + [1] * len(data),
-            num_feedback_tokens=len(feedback) if with_feedback else 0,
+            num_feedback_tokens=num_feedback,
             feedback_leaked=leaked,
         )
 
@@ -270,15 +294,11 @@ class Conditioner:
         """Prompt token ids under a condition: "positive" (the default at inference), "negative",
         "unseen" (a positive paraphrase never trained on), or "none". A policy trained with mode
         "none" always gets no prefix."""
-        if condition == "none" or self._mode.text is None:
-            feedback = self.feedback_ids(None, "", document=not prompt)
-        else:
+        label, critique = None, ""
+        if condition != "none" and self._mode.text is not None:
             known = self.inference.conditions() if self.inference else {}
             if condition not in known:
                 raise ValueError(f"no {condition!r} feedback recorded for this model (known: "
                                  f"{sorted(known) + ['none']}); it is learned from the feedback trained on")
             label, critique = known[condition]
-            feedback = self.feedback_ids(label, critique, document=not prompt)
-        if not prompt:
-            return feedback
-        return feedback + self.prompt_ids(prompt)
+        return self.context_ids(label, critique, prompt)[0]

@@ -107,11 +107,12 @@ def test_max_seq_len_cuts_the_response_tail_not_the_prefix(tokenizer):
     assert e.value.reason == "too_long"
 
 
-def test_inference_prefix_is_a_training_prefix(tokenizer):
+@pytest.mark.parametrize("placement", ["system", "assistant"])
+def test_inference_prefix_is_a_training_prefix(tokenizer, placement):
     """The positive condition at inference is token-identical to the prefix of the GOOD sample the
     learner trained on most often at the best good score (a more frequent lukewarm good critique
-    loses); negative likewise for BAD at the worst score."""
-    cond = Conditioner(tokenizer)
+    loses); negative likewise for BAD at the worst score; wherever the feedback is placed."""
+    cond = Conditioner(tokenizer, placement=placement)
     counter = FeedbackCounter()
     trained = [cond.condition(CHAT, Critique("s1", text, score, label)) for text, score, label in (
         ("All correct.", 1.0, Label.GOOD), ("All correct.", 1.0, Label.GOOD), ("Right, no steps.", 1.0, Label.GOOD),
@@ -129,6 +130,25 @@ def test_inference_prefix_is_a_training_prefix(tokenizer):
         cond.inference_ids(CHAT.prompt, "unseen")
     with pytest.raises(ValueError):
         cond.inference_ids(CHAT.prompt, "sideways")
+
+
+def test_assistant_placement_opens_the_answer_with_the_feedback(tokenizer):
+    """placement=assistant: the system turn keeps only the system text; the feedback is the first,
+    untrained line of the assistant turn, so the response's first tokens follow it directly."""
+    cond = Conditioner(tokenizer, placement="assistant", system_prompt="Be brief.")
+    out = cond.condition(CHAT, CRIT)
+    n_ctx = out.loss_mask.index(1)
+    text = tokenizer.decode(out.input_ids[:n_ctx])
+    system, answer_head = text.split("<|im_start|>assistant\n")
+    assert "Feedback" not in system and "Be brief." in system
+    assert answer_head == feedback_text(Label.GOOD, CRIT.critique, "critique") + "\n"
+    assert out.num_feedback_tokens == len(tokenizer.encode(answer_head, add_special_tokens=False))
+    assert tokenizer.decode(out.input_ids[n_ctx:]) == CHAT.response + "<|im_end|>"
+    bare = cond.condition(CHAT, None)  # no feedback: the plain chat prompt
+    assert bare.num_feedback_tokens == 0
+    assert bare.input_ids[:bare.loss_mask.index(1)] == cond.inference_ids(CHAT.prompt, "none")
+    with pytest.raises(ValueError, match="placement"):
+        Conditioner(tokenizer, placement="user")
 
 
 def test_no_inference_feedback_until_trained(tokenizer):
