@@ -203,7 +203,7 @@ class Conditioner:
         """The context before the prompt (chat: the system turn, the system text then the feedback)
         or before a document (the feedback and a blank line); the critique is cut to fit
         `max_feedback_tokens`. `label=None`: no feedback (a chat sample keeps its system text)."""
-        body = [] if label is None or self._mode.text is None else self._text(self._mode.text(label, critique))
+        body = self._feedback_body(label, critique)
         system = [] if document or not self.system_prompt else self._text(self.system_prompt)
         if not body and not system:
             return []
@@ -213,6 +213,10 @@ class Conditioner:
         room = max(self.max_feedback_tokens - len(head) - len(tail), 0)
         return head + body[:room] + tail
 
+    def _feedback_body(self, label: Label | None, critique: str) -> list[int]:
+        """The feedback text's ids, without markup ([] for no label or a mode that writes none)."""
+        return [] if label is None or self._mode.text is None else self._text(self._mode.text(label, critique))
+
     def context_ids(self, label: Label | None, critique: str, prompt: str) -> tuple[list[int], int]:
         """Everything before the data (prompt "" = a document) and how many of those ids are the
         feedback (0: none). A chat sample's feedback sits where `placement` says."""
@@ -221,10 +225,8 @@ class Conditioner:
             feedback = self.feedback_ids(label, critique, document=not prompt)
             context = feedback + self.prompt_ids(prompt) if prompt else feedback
             return context, len(feedback) if has_feedback else 0
-        turn = []
-        if has_feedback:
-            turn = self._text(self._mode.text(label, critique))[: max(self.max_feedback_tokens - 1, 0)]
-            turn += self._markup("\n")
+        body = self._feedback_body(label, critique)[: max(self.max_feedback_tokens - 1, 0)]
+        turn = body + self._markup("\n") if has_feedback else []
         return self.feedback_ids(None, "", document=False) + self.prompt_ids(prompt) + turn, len(turn)
 
     def prompt_ids(self, prompt: str) -> list[int]:
