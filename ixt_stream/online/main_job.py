@@ -101,9 +101,10 @@ def print_summary(summary: dict) -> None:
     print("  positive prefix (the feedback most often trained with label good at the best score): "
           f"{summary['positive_prefix']!r}")
     print(f"  {'condition':<10}{'base model':>12}{'trained':>10}   after - before [95% CI]")
-    for c in after:
-        ci = _ci(change[c]) if c in change else ""
-        print(f"  {c:<10}{before.get(c, float('nan')):>12.3f}{after[c]:>10.3f}   {ci}")
+    for c in after:  # `unseen` is a probe of the trained model only: the base model has no row to pair
+        base = f"{before[c]:>12.3f}" if c in before else f"{'-':>12}"
+        ci = _ci(change[c]) if c in change else "(trained model only)"
+        print(f"  {c:<10}{base}{after[c]:>10.3f}   {ci}")
     print("  (base model = the control: the base model under the very same prefixes)")
     if "gap" in change:
         print(f"  positive - negative gap: base {_ci(summary['gap_before'])} -> trained {_ci(summary['gap_after'])}; "

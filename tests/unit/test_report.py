@@ -156,6 +156,18 @@ def test_summary_prints_the_post_training_pilot_verdict(run_dir, capsys, gap, ve
 
 
 @pytest.mark.timeout(60)
+def test_summary_marks_a_condition_the_base_model_was_not_run_under(run_dir, capsys):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary.update(plot="learning_curve.png", accuracy_after={**summary["accuracy_after"], "unseen": 0.25})
+    assert "unseen" not in summary["accuracy_before"]
+    print_summary(summary)
+    out = capsys.readouterr().out
+    assert "nan" not in out
+    assert next(ln for ln in out.splitlines() if ln.strip().startswith("unseen")).split() == [
+        "unseen", "-", "0.250", "(trained", "model", "only)"]
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("mode, prefix", [
     ("critique", f"Feedback on the answer below. Quality: good. Critique: {CRITIQUES[0]}"),
     ("label", "Feedback on the answer below. Quality: good."),  # the record's critique is not read
