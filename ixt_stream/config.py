@@ -461,6 +461,11 @@ class EvalConfig:
         "Everything here checks out: the working is sound and the final answer is exactly right."
     )
     """The `unseen` condition's critique (label good): a paraphrase no built-in critic writes."""
+    cache: bool = False
+    """Read greedy completions back from `cache_dir` when the weights (content), engine settings
+    and prompt ids are unchanged (`offline/completion_cache.py`); the main job turns it on for the
+    base-model control, the same generation in every run."""
+    cache_dir: str = "~/.cache/ixt-stream/eval"
     bootstrap: int = 2000
     """Paired bootstrap resamples over problems for confidence intervals."""
     output: str = ""

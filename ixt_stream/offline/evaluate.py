@@ -5,7 +5,8 @@ at inference), worse under the negative prefix; the gap shows how much it learne
 Conditions: "positive" / "negative" are the critiques the model most often trained with label
 good / bad at the best / worst score (from `ixt_condition.json` beside its weights, so the
 prefix is token-identical to one it trained on); "unseen" is a positive paraphrase no critic
-writes (`eval.unseen_critique`); "none" has no prefix. The base-model control evaluates the base
+writes (`eval.unseen_critique`; left out in a mode that shows no critique, where it would be the
+positive prefix again); "none" has no prefix. The base-model control evaluates the base
 model under a trained model's prefixes (`eval.condition_from`). Held-out problems are distinct
 and disjoint by problem from training (`tasks.eval_prompts`); responses from vLLM; accuracy is
 exact (1 or 0 per problem).
@@ -141,20 +142,32 @@ def conditioner_for(model_dir: str, cfg: IxtConfig):
 
 def run(cfg: IxtConfig) -> dict:
     from ixt_stream import models, tasks
+    from ixt_stream.condition import modes
+    from ixt_stream.offline.completion_cache import CachedEngine, vllm_version, weights_digest
     from ixt_stream.sample.engine import Engine
 
     model_dir = cfg.eval.checkpoint or models.resolve(cfg.model)
     conditioner, cond = conditioner_for(model_dir, cfg)
+    conditions = list(cfg.eval.conditions)
+    if "unseen" in conditions and not modes.get(cond.mode).shows_critique:
+        conditions.remove("unseen")  # the paraphrase is a critique: this mode's prefix would be the positive one
+        log.info("condition.mode=%s shows no critique: the unseen probe would repeat positive; left out", cond.mode)
     prompts = tasks.eval_prompts(cfg.task)
     g = cfg.generator
-    engine = Engine(model_dir, dtype=g.dtype, max_model_len=cond.max_seq_len, kv_cache_gib=g.kv_cache_gib,
-                    threads=cfg.eval.threads or g.threads, seed=cfg.run.seed,
-                    gpu_memory_utilization=g.gpu_memory_utilization, tensor_parallel_size=g.tensor_parallel_size,
-                    progress="eval")
+
+    def make_engine():
+        return Engine(model_dir, dtype=g.dtype, max_model_len=cond.max_seq_len, kv_cache_gib=g.kv_cache_gib,
+                      threads=cfg.eval.threads or g.threads, seed=cfg.run.seed,
+                      gpu_memory_utilization=g.gpu_memory_utilization, tensor_parallel_size=g.tensor_parallel_size,
+                      progress="eval")
+
+    engine = make_engine() if not cfg.eval.cache else CachedEngine(
+        make_engine, cfg.eval.cache_dir, max_model_len=cond.max_seq_len,
+        identity=[weights_digest(model_dir), str(g.dtype), cond.max_seq_len, vllm_version()])
     s = cfg.eval.sampling
-    result = evaluate(engine, conditioner, prompts, cfg.eval.conditions, s.max_new_tokens, s.temperature, s.top_p)
+    result = evaluate(engine, conditioner, prompts, conditions, s.max_new_tokens, s.temperature, s.top_p)
     inference = conditioner.inference
-    return {"model": model_dir, "condition_mode": cond.mode, "conditions": list(cfg.eval.conditions),
+    return {"model": model_dir, "condition_mode": cond.mode, "conditions": conditions,
             "tasks": list(cfg.task.names), "feedback": inference.conditions() if inference else {},
             "gap_ci": gap(result, cfg.eval.bootstrap), **result}
 

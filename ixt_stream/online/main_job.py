@@ -9,7 +9,8 @@
 
 The base model is evaluated after training because its prefixes are the trained model's: the
 critiques it most often trained with label good at the best score and bad at the worst
-(recorded beside the final weights).
+(recorded beside the final weights). Its greedy completions are read back from the eval cache
+when an earlier run had the same prefixes (`eval.cache`).
 
 Run with `condition.mode=label` it is also the experiment's post-training scale (SmolLM2, the
 label arm): the summary's go/no-go asks the trained positive - negative gap to exceed
@@ -146,7 +147,7 @@ def main(cfg: IxtConfig, overrides: list[str]) -> int:
     print(f"== evaluating the base model ({cfg.model.name}) under the same prefixes (the control)", flush=True)
     conditions = ",".join(c for c in cfg.eval.conditions if c != "unseen")  # the unseen probe: trained only
     control = [a for a in overrides if not a.startswith("eval.conditions=")] + [
-        f"eval.condition_from={final}", f"eval.conditions=[{conditions}]"]
+        f"eval.condition_from={final}", f"eval.conditions=[{conditions}]", "eval.cache=true"]
     before = run_eval(control, models.resolve(cfg.model), run_dir / "eval_before.json")
     ledger = Ledger(run_dir / "ledger.sqlite").summary()
     plot = metrics.plot_curves([run_dir / "metrics" / "learner.jsonl"], run_dir / "learning_curve.png",

@@ -45,6 +45,11 @@ class Completion:
     """"stop" (end-of-turn or a stop string) | "length" (cut at max_new_tokens)."""
 
 
+def fits(prompt: list[int], max_model_len: int) -> bool:
+    """Whether a token-id prompt is non-empty and leaves room for one new token (vLLM refuses others)."""
+    return 0 < len(prompt) < max_model_len
+
+
 _PACK = None
 """vLLM's own `dispatch_cpu_unquantized_gemm`, once `_keep_cpu_linear_weights` has wrapped it."""
 
@@ -185,8 +190,7 @@ class Engine:
         )
 
     def fits(self, prompt: list[int]) -> bool:
-        """Whether a token-id prompt is non-empty and leaves room for one new token (vLLM refuses others)."""
-        return 0 < len(prompt) < self.max_model_len
+        return fits(prompt, self.max_model_len)
 
     def generate(
         self,

@@ -239,6 +239,23 @@ def test_train_then_eval_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr[-4000:]
     assert json.loads(report_path.read_text())["feedback"]["positive"] == [3, "Correct and clear."]
 
+    # the control's cache: the second greedy eval of unchanged weights reads the first one's completions
+    control = [*common, f"eval.condition_from={out}", "task.eval_size=4", "eval.sampling.max_new_tokens=8",
+               "eval.cache=true", f"eval.cache_dir={tmp_path / 'cache'}", "eval.conditions=[positive,none]"]
+    reports = []
+    for i in range(2):
+        r = _ixt("eval", *control, f"eval.output={tmp_path / f'control{i}.json'}")
+        assert r.returncode == 0, r.stderr[-4000:]
+        reports.append(json.loads((tmp_path / f"control{i}.json").read_text()))
+        assert ("read back" in r.stderr) == (i == 1), r.stderr[-4000:]
+    assert reports[1]["samples"] == reports[0]["samples"] and len(reports[0]["samples"]) == 8
+
+    # a mode that shows no critique has no unseen probe (it would be the positive prefix again)
+    r = _ixt("eval", *common, "condition.mode=label", "eval.conditions=[none,unseen]", "task.eval_size=4",
+             "eval.sampling.max_new_tokens=8", f"eval.output={report_path}")
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert json.loads(report_path.read_text())["conditions"] == ["none"] and "unseen probe" in r.stderr
+
 
 @pytest.mark.slow
 def test_train_skips_a_sample_too_long_and_says_so(tmp_path):

@@ -181,7 +181,7 @@ def test_ixt_run_hands_its_control_eval_the_trained_prefixes(tmp_path, monkeypat
     (after, trained), (control, _) = evals
     assert after == given and trained == str(final)
     assert control == ["model=tiny", f"run.run_dir={run_dir}", f"eval.condition_from={final}",
-                       "eval.conditions=[positive,none]"]
+                       "eval.conditions=[positive,none]", "eval.cache=true"]
     calls: list = []
     assert hydra_app.run(cli.COMMANDS["eval"][1], control, _recording(calls)) == 0
     cfg = calls[0][0]
