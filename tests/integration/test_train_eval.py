@@ -255,6 +255,8 @@ def test_train_then_eval_end_to_end(tmp_path):
              "eval.sampling.max_new_tokens=8", f"eval.output={report_path}")
     assert r.returncode == 0, r.stderr[-4000:]
     assert json.loads(report_path.read_text())["conditions"] == ["none"] and "unseen probe" in r.stderr
+    r = _ixt("eval", *common, "condition.mode=label", "eval.conditions=[unseen]", f"eval.output={report_path}")
+    assert r.returncode == 2 and "eval.conditions=[unseen]: condition.mode=label" in r.stderr, r.stderr[-2000:]
 
 
 @pytest.mark.slow
