@@ -134,7 +134,8 @@ class _FakeEngine:
 
 def test_evaluate_scores_each_condition_and_the_gap(tokenizer):
     prompts = tasks.eval_prompts(TaskConfig(eval_size=6))
-    cond = Conditioner.from_config(tokenizer, load(["model=tiny"]).condition,
+    critique_in_system_turn = load(["model=tiny", "condition.mode=critique", "condition.placement=system"])
+    cond = Conditioner.from_config(tokenizer, critique_in_system_turn.condition,
                                    inference=InferenceFeedback("Correct and clear.", "The final answer is wrong."))
     prefix = cond.feedback_ids(Label.GOOD, "Correct and clear.", document=False)
     answers = {tuple(cond.prompt_ids(p.prompt)): p.answer for p in prompts}
@@ -167,7 +168,7 @@ def test_paired_ci_and_compare():
 
 def test_baseline_is_generated_once_without_prefix(tokenizer, tmp_path):
     """A model trained with mode none: its record says so, every condition is the bare prompt."""
-    cfg = load(["model=tiny", f"eval.checkpoint={tmp_path}"])
+    cfg = load(["model=tiny", "condition.mode=critique", f"eval.checkpoint={tmp_path}"])
     record.write(tmp_path, load(["condition.mode=none"]).condition, None)
     tokenizer.save_pretrained(tmp_path)
     cond, cond_cfg = conditioner_for(str(tmp_path), cfg)
