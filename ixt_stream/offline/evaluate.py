@@ -151,10 +151,10 @@ def run(cfg: IxtConfig) -> dict:
     conditions = list(cfg.eval.conditions)
     if "unseen" in conditions and not modes.get(cond.mode).shows_critique:
         conditions.remove("unseen")  # the paraphrase is a critique: this mode's prefix would be the positive one
-        log.info("condition.mode=%s shows no critique: the unseen probe would repeat positive; left out", cond.mode)
         if not conditions:
             raise ConfigError(f"eval.conditions=[unseen]: condition.mode={cond.mode} writes no critique, so the "
                               f"unseen paraphrase is the positive prefix; ask for positive, negative or none")
+        log.info("condition.mode=%s shows no critique: the unseen probe would repeat positive; left out", cond.mode)
     prompts = tasks.eval_prompts(cfg.task)
     g = cfg.generator
 
